@@ -1,0 +1,59 @@
+"""``openspeedy generate``: one image and a prompt in, an MP4 or GIF out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from openspeedy.client.api import Client, GenerationError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", type=Path, required=True, help="PNG, JPEG, WebP or BMP file")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--out", type=Path, required=True, help="output .mp4 or .gif")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--url", help="server address (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
+    parser.add_argument("--model", default="i2vgen_xl")
+    parser.add_argument("--negative-prompt")
+    parser.add_argument("--num-frames", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--num-inference-steps", "--steps", dest="num_inference_steps", type=int)
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--target-fps", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--decode-chunk-size", type=int)
+    parser.add_argument("--timeout", type=float, help="seconds to wait for the video")
+
+
+def run(args: argparse.Namespace) -> int:
+    suffix = args.out.suffix.lower()
+    if suffix not in (".mp4", ".gif"):
+        print(f"--out must end in .mp4 or .gif, got {args.out}", file=sys.stderr)
+        return 2
+    options = {
+        key: getattr(args, key)
+        for key in ("negative_prompt", "num_frames", "height", "width", "num_inference_steps",
+                    "guidance_scale", "target_fps", "seed", "decode_chunk_size")
+    }
+    started = time.monotonic()
+    try:
+        with Client(args.url, args.protocol, args.model, args.timeout) as client:
+            video = client.generate(args.image, args.prompt, frames=suffix == ".gif", mp4=suffix == ".mp4",
+                                    **options)
+            fps = args.target_fps or int(client.model_parameters().get("default_target_fps", 16))
+    except GenerationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".mp4":
+        args.out.write_bytes(video.mp4)
+    else:
+        from openspeedy.video import encode_gif
+
+        args.out.write_bytes(encode_gif(video.frames, fps))
+    print(f"wrote {args.out} in {time.monotonic() - started:.1f} s")
+    return 0

@@ -1,0 +1,1 @@
+"""Export: build a servable model repository from a diffusers checkpoint (or a tiny random one)."""

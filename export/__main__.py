@@ -1,0 +1,51 @@
+"""``python -m openspeedy.export`` (also ``openspeedy export``): build a model repository."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="diffusers-layout I2VGen-XL directory")
+    source.add_argument("--tiny", action="store_true", help="make a tiny random-initialized model locally")
+    parser.add_argument("--output", type=Path, required=True, help="model repository to write")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--gpus", default="", help="comma-separated GPU ids for --device gpu (default: all)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="compute precision (default: float16 on gpu, float32 on cpu)")
+    parser.add_argument("--entry-instances", type=int, default=2)
+    parser.add_argument("--component-instances", type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> Path:
+    # Imported here so that `openspeedy generate` never loads torch and diffusers.
+    from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
+    from openspeedy.export.tiny import build_tiny_checkpoint
+
+    if args.tiny:
+        checkpoint = build_tiny_checkpoint(args.output.parent / f"{args.output.name}_tiny_checkpoint")
+        settings = TINY_SETTINGS
+    else:
+        checkpoint, settings = args.checkpoint, REFERENCE_SETTINGS
+    options = ExportOptions(
+        device=args.device,
+        gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
+        dtype=args.dtype or ("float16" if args.device == "gpu" else "float32"),
+        entry_instances=args.entry_instances,
+        component_instances=args.component_instances,
+        settings=settings,
+    )
+    return build_repository(checkpoint, args.output, options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="openspeedy export", description=__doc__)
+    add_arguments(parser)
+    print(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

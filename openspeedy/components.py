@@ -1,0 +1,204 @@
+"""The five neural components, each behind its contract: ``infer(inputs) -> outputs``.
+
+The same objects run inside the Triton model instances and in process (tests, benchmarks), so what
+is served is exactly what is tested. Inputs are torch tensors (numpy object arrays for BYTES), keyed by
+the contract's tensor names; outputs are torch tensors on the component's device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, I2VGenXLUNet
+from diffusers.image_processor import VaeImageProcessor
+from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from openspeedy import contracts
+from openspeedy.contracts import ModelContract
+
+# Sub-folders of a model version directory, in the diffusers checkpoint layout.
+WEIGHT_FOLDERS = {
+    "text_encoder": ("text_encoder", "tokenizer"),
+    "image_encoder": ("image_encoder", "feature_extractor"),
+    "vae_encoder": ("vae",),
+    "unet": ("unet",),
+    "vae_decoder": ("vae",),
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Component(Protocol):
+    contract: ModelContract
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
+
+
+class TextEncoder:
+    """CLIP text tower: penultimate hidden state through the final layer norm (the reference's clip_skip=1)."""
+
+    contract = contracts.TEXT_ENCODER
+
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+        self.device = device
+        self.tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
+        self.model = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype).to(device).eval()
+
+    @torch.inference_mode()
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        prompts = [bytes(p).decode("utf-8") for p in inputs["PROMPT"]]
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.device) if getattr(self.model.config, "use_attention_mask", False) else None
+        hidden = self.model(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
+        embeds = self.model.final_layer_norm(hidden.hidden_states[-2])
+        return {"PROMPT_EMBEDS": embeds.float()}
+
+
+class ImageEncoder:
+    """CLIP vision tower. Takes the square crop; resizes and normalizes it like the reference pipeline."""
+
+    contract = contracts.IMAGE_ENCODER
+
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.processor = CLIPImageProcessorPil.from_pretrained(directory / "feature_extractor")
+        self.model = (
+            CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=dtype).to(device).eval()
+        )
+        self.size = (self.processor.crop_size["width"], self.processor.crop_size["height"])
+
+    @torch.inference_mode()
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        crops = [
+            PIL.Image.fromarray(image).resize(self.size, PIL.Image.BILINEAR)
+            for image in inputs["IMAGE"].cpu().numpy()
+        ]
+        pixels = VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(crops))
+        pixels = self.processor(
+            images=pixels, do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False,
+            return_tensors="pt",
+        ).pixel_values
+        embeds = self.model(pixels.to(self.device, self.dtype)).image_embeds
+        return {"IMAGE_EMBEDS": embeds.float()}
+
+
+def _load_vae(directory: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(directory / "vae", dtype=dtype).to(device).eval()
+
+
+class VaeEncoder:
+    """VAE encoder: RGB image to the parameters of the latent posterior (sampling is the orchestrator's)."""
+
+    contract = contracts.VAE_ENCODER
+
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.vae = _load_vae(directory, device, dtype)
+
+    @torch.inference_mode()
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        pixels = inputs["IMAGE"].to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        pixels = 2.0 * pixels - 1.0  # VaeImageProcessor.normalize
+        posterior = self.vae.encode(pixels.to(self.dtype)).latent_dist
+        return {"LATENT_PARAMETERS": posterior.parameters.float()}
+
+
+class UNet:
+    """The I2VGen-XL UNet in PyTorch: one noise prediction for a (CFG) batch."""
+
+    contract = contracts.UNET
+
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
+
+    @torch.inference_mode()
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        def floats(name: str) -> torch.Tensor:
+            return inputs[name].to(self.device, self.dtype)
+
+        noise = self.model(
+            floats("SAMPLE"),
+            inputs["TIMESTEP"].to(self.device),
+            fps=inputs["FPS"].to(self.device),
+            image_latents=floats("IMAGE_LATENTS"),
+            image_embeddings=floats("IMAGE_EMBEDDINGS"),
+            encoder_hidden_states=floats("ENCODER_HIDDEN_STATES"),
+            return_dict=False,
+        )[0]
+        return {"NOISE_PRED": noise.float()}
+
+
+def frames_to_uint8(decoded: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] to [N, H, W, 3] uint8 on the same device, rounding like diffusers' numpy_to_pil."""
+    return ((decoded.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class VaeDecoder:
+    """VAE decoder: latents to uint8 frames, in chunks of frames."""
+
+    contract = contracts.VAE_DECODER
+
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.vae = _load_vae(directory, device, dtype)
+
+    @torch.inference_mode()
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        latents = inputs["LATENTS"].to(self.device, self.dtype)
+        chunk = int(inputs["DECODE_CHUNK_SIZE"][0])
+        if chunk < 0:
+            raise ValueError(f"DECODE_CHUNK_SIZE must be >= 0, got {chunk}")
+        chunk = chunk or latents.shape[0]
+        frames = [
+            frames_to_uint8(self.vae.decode(latents[start : start + chunk]).sample)
+            for start in range(0, latents.shape[0], chunk)
+        ]
+        return {"FRAMES": torch.cat(frames)}
+
+
+COMPONENT_CLASSES: dict[str, type] = {
+    "text_encoder": TextEncoder,
+    "image_encoder": ImageEncoder,
+    "vae_encoder": VaeEncoder,
+    "unet": UNet,
+    "vae_decoder": VaeDecoder,
+}
+
+
+def load_component(model_name: str, directory: Path, device: str | torch.device = "cpu", dtype: str = "float32"):
+    """Loads one component from a model version directory (the folders in WEIGHT_FOLDERS)."""
+    return COMPONENT_CLASSES[model_name](Path(directory), torch.device(device), DTYPES[dtype])
+
+
+def check_tensors(contract: ModelContract, specs: str, tensors: Mapping[str, Any]) -> None:
+    """Raises ValueError unless ``tensors`` has every required tensor of the contract, with its dtype and rank."""
+    declared = contract.inputs if specs == "inputs" else contract.outputs
+    for spec in declared:
+        if spec.name not in tensors:
+            if spec.optional:
+                continue
+            raise ValueError(f"{contract.name}: missing {specs[:-1]} {spec.name}")
+        value = tensors[spec.name]
+        dtype = np.dtype(object) if isinstance(value, np.ndarray) and value.dtype == object else _dtype_of(value)
+        if dtype != spec.numpy_dtype or not spec.shape_matches(tuple(value.shape)):
+            raise ValueError(
+                f"{contract.name}: {spec.name} must be {spec.datatype} {list(spec.dims)}, "
+                f"got {dtype} {list(value.shape)}"
+            )
+
+
+def _dtype_of(value: Any) -> np.dtype:
+    if isinstance(value, torch.Tensor):
+        return np.dtype(str(value.dtype).removeprefix("torch."))
+    return np.asarray(value).dtype

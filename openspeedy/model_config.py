@@ -1,0 +1,54 @@
+"""Triton ``config.pbtxt`` text rendered from a model's contract, so the two can never disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from openspeedy.contracts import ModelContract, TensorSpec
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    kind: str = "KIND_CPU"  # or KIND_GPU
+    count: int = 1
+    gpus: Sequence[int] = field(default_factory=tuple)
+
+
+def _tensor(spec: TensorSpec, is_input: bool) -> str:
+    dims = ", ".join(str(d) for d in spec.dims)
+    optional = " optional: true" if is_input and spec.optional else ""
+    # Triton's config calls BYTES "TYPE_STRING"; everywhere else (protocol, clients) it is "BYTES".
+    datatype = "STRING" if spec.datatype == "BYTES" else spec.datatype
+    return f'  {{ name: "{spec.name}" data_type: TYPE_{datatype} dims: [ {dims} ]{optional} }}'
+
+
+def render_config(
+    contract: ModelContract,
+    *,
+    backend: str = "python",
+    instance_group: InstanceGroup = InstanceGroup(),
+    parameters: Mapping[str, str] | None = None,
+) -> str:
+    lines = [
+        f'name: "{contract.name}"',
+        f'backend: "{backend}"' if backend != "tensorrt_plan" else 'platform: "tensorrt_plan"',
+        "max_batch_size: 0",
+        "input [",
+        ",\n".join(_tensor(spec, True) for spec in contract.inputs),
+        "]",
+        "output [",
+        ",\n".join(_tensor(spec, False) for spec in contract.outputs),
+        "]",
+    ]
+    if contract.decoupled:
+        lines.append("model_transaction_policy { decoupled: true }")
+    gpus = f" gpus: [ {', '.join(str(g) for g in instance_group.gpus)} ]" if instance_group.gpus else ""
+    lines.append(f"instance_group [ {{ kind: {instance_group.kind} count: {instance_group.count}{gpus} }} ]")
+    all_parameters = dict(parameters or {})
+    if backend == "python":
+        # Let GPU tensors from BLS callers reach the model as they are instead of through host memory.
+        all_parameters.setdefault("FORCE_CPU_ONLY_INPUT_TENSORS", "no")
+    for key in sorted(all_parameters):
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{all_parameters[key]}" }} }}')
+    return "\n".join(lines) + "\n"

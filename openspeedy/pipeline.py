@@ -1,0 +1,158 @@
+"""The I2VGen-XL algorithm: encoders, the denoising loop with classifier-free guidance, decoding.
+
+It reproduces diffusers' ``I2VGenXLPipeline`` step for step, but talks to the five components only
+through their contracts (``call_model(contract, inputs) -> outputs``). Inside Triton that call is a BLS
+sub-request; in process it is a direct call. Either way this module is the one place the loop lives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.utils.torch_utils import randn_tensor
+
+from openspeedy import contracts
+from openspeedy.components import Component, check_tensors
+from openspeedy.contracts import ModelContract
+from openspeedy.imaging import center_crop_wide, to_uint8_batch
+from openspeedy.request import GenerationRequest
+
+
+class ModelCaller(Protocol):
+    def __call__(self, contract: ModelContract, inputs: Mapping[str, Any]) -> Mapping[str, torch.Tensor]: ...
+
+
+class LocalModels:
+    """Calls components in this process, holding both sides to the contracts like Triton does."""
+
+    def __init__(self, components: Mapping[str, Component]):
+        self.components = dict(components)
+        self.calls: dict[str, int] = {name: 0 for name in self.components}
+
+    def __call__(self, contract: ModelContract, inputs: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+        check_tensors(contract, "inputs", inputs)
+        outputs = self.components[contract.name].infer(inputs)
+        check_tensors(contract, "outputs", outputs)
+        self.calls[contract.name] += 1
+        return outputs
+
+
+def posterior_seed(seed: int) -> int:
+    """Seed of the VAE posterior draw: derived from the request seed, distinct from the latent noise's."""
+    return (seed + 0x9E3779B97F4A7C15) % 2**63
+
+
+StepCallback = Callable[[int, int], None]  # (steps done, total); raising from it stops the generation
+
+
+class I2VGenXL:
+    """The orchestrator's algorithm. ``generate`` returns the video as a uint8 [F, H, W, 3] tensor."""
+
+    def __init__(
+        self,
+        call_model: ModelCaller,
+        scheduler_config: Mapping[str, Any],
+        vae_scaling_factor: float,
+        device: str | torch.device = "cpu",
+    ):
+        self.call_model = call_model
+        self.scheduler_config = dict(scheduler_config)
+        self.vae_scaling_factor = float(vae_scaling_factor)
+        self.device = torch.device(device)
+
+    def _call(self, contract: ModelContract, output: str, **inputs: Any) -> torch.Tensor:
+        return self.call_model(contract, inputs)[output].to(self.device)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        texts = np.array([p.encode("utf-8") for p in prompts], dtype=object)
+        return self._call(contracts.TEXT_ENCODER, "PROMPT_EMBEDS", PROMPT=texts)
+
+    def encode_image(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image-only work: CLIP embedding of the square crop, VAE posterior parameters of the target crop."""
+        square = center_crop_wide(request.image, (request.width, request.width))
+        embeds = self._call(contracts.IMAGE_ENCODER, "IMAGE_EMBEDS", IMAGE=torch.from_numpy(to_uint8_batch(square)))
+        target = center_crop_wide(request.image, (request.width, request.height))
+        posterior = self._call(
+            contracts.VAE_ENCODER, "LATENT_PARAMETERS", IMAGE=torch.from_numpy(to_uint8_batch(target))
+        )
+        return embeds, posterior
+
+    def image_latents(self, posterior: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
+        """Samples the posterior with the request's seed and appends the reference's frame position mask."""
+        generator = torch.Generator("cpu").manual_seed(posterior_seed(request.seed))
+        latents = DiagonalGaussianDistribution(posterior).sample(generator=generator) * self.vae_scaling_factor
+        latents = latents.unsqueeze(2)  # [1, C, 1, h, w]: the first frame
+        masks = [torch.ones_like(latents) * ((i + 1) / (request.num_frames - 1)) for i in range(request.num_frames - 1)]
+        return torch.cat([latents, *masks], dim=2)
+
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+        cfg = request.do_classifier_free_guidance
+        prompts = [request.negative_prompt, request.prompt] if cfg else [request.prompt]
+        prompt_embeds = self.encode_prompts(prompts)
+
+        image_embeds, posterior = self.encode_image(request)
+        image_embeds = image_embeds.unsqueeze(1)
+        image_latents = self.image_latents(posterior, request)
+        if cfg:
+            image_embeds = torch.cat([torch.zeros_like(image_embeds), image_embeds])
+            image_latents = torch.cat([image_latents] * 2)
+        batch = 2 if cfg else 1
+        fps = torch.full((batch,), request.target_fps, dtype=torch.int64, device=self.device)
+
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+
+        channels, latent_height, latent_width = posterior.shape[1] // 2, posterior.shape[2], posterior.shape[3]
+        shape = (1, channels, request.num_frames, latent_height, latent_width)
+        latents = randn_tensor(
+            shape,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            device=self.device,
+            dtype=torch.float32,
+        )
+        latents = latents * scheduler.init_noise_sigma
+
+        total = len(scheduler.timesteps)
+        for step, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(torch.cat([latents] * batch), t)
+            noise_pred = self._call(
+                contracts.UNET,
+                "NOISE_PRED",
+                SAMPLE=model_input,
+                TIMESTEP=t.reshape(1).to(torch.int64),
+                ENCODER_HIDDEN_STATES=prompt_embeds,
+                FPS=fps,
+                IMAGE_LATENTS=image_latents,
+                IMAGE_EMBEDDINGS=image_embeds,
+            )
+            if cfg:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + request.guidance_scale * (text - uncond)
+            latents = self._scheduler_step(scheduler, noise_pred, t, latents)
+            if on_step is not None:
+                on_step(step + 1, total)
+
+        return self.decode(latents, request.decode_chunk_size)
+
+    @staticmethod
+    def _scheduler_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor):
+        # The scheduler works on images: fold frames into the batch, as the reference does.
+        b, c, f, h, w = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        flat_noise = noise_pred.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        flat = scheduler.step(flat_noise, t, flat).prev_sample
+        return flat[None].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        frames = ((1 / self.vae_scaling_factor) * latents)[0].permute(1, 0, 2, 3).contiguous()  # [F, C, h, w]
+        return self._call(
+            contracts.VAE_DECODER,
+            "FRAMES",
+            LATENTS=frames,
+            DECODE_CHUNK_SIZE=torch.tensor([decode_chunk_size], dtype=torch.int32),
+        )

@@ -1,0 +1,179 @@
+"""The public request: defaults, limits and validation of every input of the entry models' contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import PIL.Image
+
+from openspeedy.contracts import I2VGEN_XL
+from openspeedy.errors import InvalidInput
+from openspeedy.imaging import decode_image
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """Defaults of the optional inputs and the limits every request is held to.
+
+    The export step writes them into the entry models' config ``parameters`` (for the real weights,
+    the reference pipeline's defaults), so an operator tunes them without touching code.
+    """
+
+    default_num_frames: int = 16
+    default_height: int = 704
+    default_width: int = 1280
+    default_num_inference_steps: int = 50
+    default_guidance_scale: float = 9.0
+    default_target_fps: int = 16
+    default_decode_chunk_size: int = 0
+    min_size: int = 64
+    max_size: int = 2048
+    max_num_frames: int = 64
+    max_num_inference_steps: int = 250
+    max_guidance_scale: float = 50.0
+    max_target_fps: int = 120
+    max_decode_chunk_size: int = 1024
+    max_frames_x_pixels: int = 64 * 1024 * 1024  # NUM_FRAMES * HEIGHT * WIDTH
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 64 * 1024 * 1024
+    max_prompt_bytes: int = 16 * 1024
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> "RequestSettings":
+        """Reads the fields present in ``parameters`` (strings, as in a Triton config), keeping defaults."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name in parameters:
+                values[field.name] = float(parameters[field.name]) if field.type == "float" else int(
+                    parameters[field.name]
+                )
+        return cls(**values)
+
+    def as_parameters(self) -> dict[str, str]:
+        return {name: str(value) for name, value in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    image: PIL.Image.Image
+    prompt: str
+    negative_prompt: str
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float
+    target_fps: int
+    seed: int
+    decode_chunk_size: int
+    image_bytes: bytes = b""  # the encoded file, for caches keyed on what the client sent
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+def _scalar(inputs: Mapping[str, Any], name: str) -> Any | None:
+    """The single element of an optional [1] input, after checking its dtype and shape; None if absent."""
+    value = inputs.get(name)
+    if value is None:
+        return None
+    spec = I2VGEN_XL.input(name)
+    array = np.asarray(value)
+    if spec.datatype == "BYTES":
+        if array.dtype != object and array.dtype.kind not in "SU":
+            raise InvalidInput(name, f"must be BYTES, got {array.dtype}")
+    elif array.dtype != spec.numpy_dtype:
+        raise InvalidInput(name, f"must be {spec.datatype}, got {array.dtype}")
+    if array.shape != (1,):
+        raise InvalidInput(name, f"must have shape [1], got {list(array.shape)}")
+    return array[0]
+
+
+def _text(inputs: Mapping[str, Any], name: str, settings: RequestSettings) -> str:
+    raw = _scalar(inputs, name)
+    if raw is None:
+        return ""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    raw = bytes(raw)
+    if len(raw) > settings.max_prompt_bytes:
+        raise InvalidInput(name, f"is {len(raw)} bytes; the limit is {settings.max_prompt_bytes} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInput(name, f"must be valid UTF-8 ({error})") from None
+
+
+def _integer(inputs: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = _scalar(inputs, name)
+    value = default if value is None else int(value)
+    if not low <= value <= high:
+        raise InvalidInput(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> GenerationRequest:
+    """Validates raw request tensors (numpy arrays keyed by input name) into a GenerationRequest.
+
+    Raises InvalidInput naming the first input that breaks a rule.
+    """
+    known = set(I2VGEN_XL.input_names)
+    for name in inputs:
+        if name not in known:
+            raise InvalidInput(name, f"is not an input of this model; inputs are {sorted(known)}")
+    for spec in I2VGEN_XL.inputs:
+        if not spec.optional and inputs.get(spec.name) is None:
+            raise InvalidInput(spec.name, "is required")
+
+    s = settings
+    height = _integer(inputs, "HEIGHT", s.default_height, s.min_size, s.max_size)
+    width = _integer(inputs, "WIDTH", s.default_width, s.min_size, s.max_size)
+    for name, size in (("HEIGHT", height), ("WIDTH", width)):
+        if size % 8:
+            raise InvalidInput(name, f"must be a multiple of 8, got {size}")
+    num_frames = _integer(inputs, "NUM_FRAMES", s.default_num_frames, 1, s.max_num_frames)
+    if num_frames * height * width > s.max_frames_x_pixels:
+        raise InvalidInput(
+            "NUM_FRAMES",
+            f"NUM_FRAMES x HEIGHT x WIDTH = {num_frames}x{height}x{width} exceeds the limit of "
+            f"{s.max_frames_x_pixels} frame pixels",
+        )
+    guidance = _scalar(inputs, "GUIDANCE_SCALE")
+    guidance = s.default_guidance_scale if guidance is None else float(guidance)
+    if not math.isfinite(guidance) or not 0.0 <= guidance <= s.max_guidance_scale:
+        raise InvalidInput("GUIDANCE_SCALE", f"must be a finite number between 0 and {s.max_guidance_scale}")
+    seed = _scalar(inputs, "SEED")
+    seed = secrets.randbelow(2**63) if seed is None else int(seed)
+    if seed < 0:
+        raise InvalidInput("SEED", f"must be >= 0, got {seed}")
+
+    prompt = _text(inputs, "PROMPT", s)
+    negative_prompt = _text(inputs, "NEGATIVE_PROMPT", s)
+    image_bytes = _scalar(inputs, "IMAGE")
+    image_bytes = image_bytes.encode() if isinstance(image_bytes, str) else bytes(image_bytes)
+    image = decode_image(image_bytes, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+
+    return GenerationRequest(
+        image=image,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        num_inference_steps=_integer(
+            inputs, "NUM_INFERENCE_STEPS", s.default_num_inference_steps, 1, s.max_num_inference_steps
+        ),
+        guidance_scale=guidance,
+        target_fps=_integer(inputs, "TARGET_FPS", s.default_target_fps, 1, s.max_target_fps),
+        seed=seed,
+        decode_chunk_size=_integer(
+            inputs, "DECODE_CHUNK_SIZE", s.default_decode_chunk_size, 0, s.max_decode_chunk_size
+        ),
+        image_bytes=image_bytes,
+    )

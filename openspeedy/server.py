@@ -1,0 +1,221 @@
+"""Starting and stopping a real ``tritonserver`` on a model repository.
+
+Two installations are known: the NGC container's ``/opt/tritonserver`` (production, TensorRT backend
+included) and the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships (development and
+CI machines, python backend only). The wheel's python backend needs its stub for this Python next to
+it, so a backend directory is assembled once in a cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONTAINER_ROOT = Path("/opt/tritonserver")
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    backend_directory: Path
+    cache_directory: Path
+    library_paths: tuple[Path, ...] = ()
+
+
+def _runtime_cache() -> Path:
+    root = os.environ.get("OPENSPEEDY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "openspeedy"
+    )
+    return Path(root)
+
+
+def find_triton() -> TritonInstall:
+    """The container's server if present (or $OPENSPEEDY_TRITON_ROOT), else the nvidia-pytriton wheel's."""
+    root = Path(os.environ.get("OPENSPEEDY_TRITON_ROOT", CONTAINER_ROOT))
+    if (root / "bin" / "tritonserver").exists():
+        return TritonInstall(root / "bin" / "tritonserver", root / "backends", root / "caches")
+    try:
+        import pytriton
+    except ImportError:
+        raise RuntimeError(
+            "no tritonserver found: install the server extra (pip install 'openspeedy[server]', which brings "
+            f"nvidia-pytriton) or run in the NGC Triton container ({CONTAINER_ROOT})"
+        ) from None
+    wheel = Path(pytriton.__file__).parent / "tritonserver"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = wheel / "python_backend_stubs" / python / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"nvidia-pytriton has no python backend stub for Python {python}")
+    backends = _runtime_cache() / f"triton-backends-py{python}"
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for source in [stub, *(wheel / "backends" / "python").glob("*.*")]:
+        target = python_backend / source.name
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+    libs = [Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"]
+    # The stub links libpython3.X.so: it must be this interpreter's, not another build of the same
+    # minor version that the system may also carry (their extension modules are not interchangeable).
+    own_libpython = Path(sysconfig.get_config_var("LIBDIR") or "") / (sysconfig.get_config_var("LDLIBRARY") or "")
+    if own_libpython.is_file():
+        libs.insert(0, own_libpython.parent)
+    return TritonInstall(wheel / "bin" / "tritonserver", backends, wheel / "caches", tuple(libs))
+
+
+@dataclass
+class ServerOptions:
+    model_repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+class TritonServer:
+    """A tritonserver process: ``start()`` returns once every model is ready; ``stop()`` ends it cleanly."""
+
+    def __init__(self, options: ServerOptions, log_path: Path | None = None):
+        self.options = options
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.options.host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.options.host}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.metrics_port}/metrics"
+
+    def command(self, install: TritonInstall) -> list[str]:
+        o = self.options
+        return [
+            str(install.binary),
+            f"--model-repository={Path(o.model_repository).resolve()}",
+            f"--backend-directory={install.backend_directory}",
+            f"--cache-directory={install.cache_directory}",
+            f"--http-address={o.host}",
+            f"--http-port={o.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={o.grpc_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={o.metrics_port}",
+            f"--allow-gpu-metrics={'true' if _has_gpu() else 'false'}",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=30",
+            f"--log-verbose={o.log_verbose}",
+            *o.extra_args,
+        ]
+
+    def environment(self, install: TritonInstall) -> dict[str, str]:
+        env = dict(os.environ)
+        library_path = [str(p) for p in install.library_paths]
+        if env.get("LD_LIBRARY_PATH"):
+            library_path.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
+        # The python backend stub runs the models with the `python3` first on PATH: make it ours.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+    def start(self, timeout: float = 300.0) -> "TritonServer":
+        install = find_triton()
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(install),
+            env=self.environment(install),
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log else None,
+            start_new_session=True,  # our SIGINT handling decides when it stops, not the terminal's
+        )
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"tritonserver was not ready within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (Triton unloads its models and stops its stubs), then SIGKILL to the group if it hangs."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.process.returncode
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_forever(server: TritonServer) -> int:
+    """Runs until SIGINT/SIGTERM or until the server dies; returns the server's exit code."""
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",
+              flush=True)
+        while not stopping and server.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        code = server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code or 0

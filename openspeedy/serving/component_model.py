@@ -1,0 +1,42 @@
+"""Triton model for one neural component (text_encoder, image_encoder, vae_encoder, unet, vae_decoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from openspeedy.components import load_component
+from openspeedy.serving.triton_io import (
+    error_response,
+    instance_device,
+    model_parameters,
+    pb_utils,
+    read_inputs,
+    to_triton,
+)
+
+
+def component_model(model_name: str) -> type:
+    """The TritonPythonModel class serving component ``model_name`` from its version directory."""
+
+    class ComponentModel:
+        def initialize(self, args):
+            parameters = model_parameters(args)
+            version_dir = Path(args["model_repository"]) / args["model_version"]
+            self.component = load_component(
+                model_name, version_dir, instance_device(args), parameters.get("dtype", "float32")
+            )
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                try:
+                    outputs = self.component.infer(read_inputs(request, self.component.contract))
+                    responses.append(
+                        pb_utils.InferenceResponse(output_tensors=[to_triton(n, t) for n, t in outputs.items()])
+                    )
+                except Exception as error:  # noqa: BLE001 - every failure becomes this request's error
+                    responses.append(error_response(error))
+            return responses
+
+    ComponentModel.__name__ = ComponentModel.__qualname__ = f"{model_name}_model"
+    return ComponentModel

@@ -1,0 +1,74 @@
+"""Moving tensors between Triton's python backend and torch, and BLS sub-requests by contract."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils  # only importable inside a Triton python backend stub
+from torch.utils.dlpack import to_dlpack
+
+from openspeedy.contracts import ModelContract, TensorSpec
+from openspeedy.errors import InvalidInput
+
+
+def instance_device(args: Mapping[str, str]) -> torch.device:
+    """The device Triton assigned to this model instance (KIND_GPU -> cuda:<model_instance_device_id>)."""
+    if args["model_instance_kind"] == "GPU":
+        return torch.device("cuda", int(args["model_instance_device_id"]))
+    return torch.device("cpu")
+
+
+def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def to_torch(tensor: "pb_utils.Tensor", spec: TensorSpec) -> Any:
+    """A Triton tensor as torch (zero-copy through DLPack), or a numpy object array for BYTES."""
+    if spec.datatype == "BYTES":
+        return tensor.as_numpy()
+    return torch.from_dlpack(tensor.to_dlpack())
+
+
+def to_triton(name: str, value: Any) -> "pb_utils.Tensor":
+    if isinstance(value, torch.Tensor):
+        return pb_utils.Tensor.from_dlpack(name, to_dlpack(value.contiguous()))
+    return pb_utils.Tensor(name, np.asarray(value))
+
+
+def read_inputs(request: "pb_utils.InferenceRequest", contract: ModelContract, as_numpy: bool = False) -> dict:
+    inputs = {}
+    for spec in contract.inputs:
+        tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if tensor is not None:
+            inputs[spec.name] = tensor.as_numpy() if as_numpy else to_torch(tensor, spec)
+    return inputs
+
+
+def error_response(error: Exception) -> "pb_utils.InferenceResponse":
+    """An error response: bad input is the client's (INVALID_ARG), anything else is ours (INTERNAL)."""
+    code = pb_utils.TritonError.INVALID_ARG if isinstance(error, InvalidInput) else pb_utils.TritonError.INTERNAL
+    message = str(error) if isinstance(error, InvalidInput) else f"{type(error).__name__}: {error}"
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class ComponentError(RuntimeError):
+    pass
+
+
+def bls_call(contract: ModelContract, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """One synchronous BLS sub-request to a component model; raises ComponentError on its error."""
+    request = pb_utils.InferenceRequest(
+        model_name=contract.name,
+        requested_output_names=list(contract.output_names),
+        inputs=[to_triton(name, value) for name, value in inputs.items()],
+    )
+    response = request.exec()
+    if response.has_error():
+        raise ComponentError(f"model '{contract.name}' failed: {response.error().message()}")
+    return {
+        spec.name: to_torch(pb_utils.get_output_tensor_by_name(response, spec.name), spec) for spec in contract.outputs
+    }
