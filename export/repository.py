@@ -52,38 +52,47 @@ def _place(source: Path, destination: Path) -> None:
         shutil.copytree(source, destination, dirs_exist_ok=True)
 
 
+PUBLISHED_VAE_SCALING_FACTOR = 0.18125  # ali-vilab/i2vgen-xl vae/config.json
+
+
+def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str, str]:
+    """The config.pbtxt text of every model, rendered from its contract and the export options."""
+    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
+    configs = {}
+    for contract in contracts.COMPONENTS:
+        group = InstanceGroup(kind, options.component_instances, options.gpus)
+        configs[contract.name] = render_config(contract, instance_group=group, parameters={"dtype": options.dtype})
+    entry_parameters = options.settings.as_parameters() | {"vae_scaling_factor": str(vae_scaling_factor)}
+    for contract in contracts.ENTRY_MODELS:
+        group = InstanceGroup(kind, options.entry_instances, options.gpus)
+        configs[contract.name] = render_config(contract, instance_group=group, parameters=entry_parameters)
+    return configs
+
+
+def write_source_configs(source_repository: Path = SOURCE_REPOSITORY) -> None:
+    """Writes the committed model_repository/*/config.pbtxt: CPU defaults for the published weights."""
+    for name, text in model_configs(ExportOptions(), PUBLISHED_VAE_SCALING_FACTOR).items():
+        (source_repository / name / "config.pbtxt").write_text(text)
+
+
 def build_repository(
     checkpoint: Path,
     output: Path,
     options: ExportOptions = ExportOptions(),
     source_repository: Path = SOURCE_REPOSITORY,
 ) -> Path:
+    """Copies the adapters, places the weights and writes each model's config into ``output``."""
     checkpoint, output = Path(checkpoint), Path(output)
     missing = [f for f in ("model_index.json", "scheduler", "vae", "unet") if not (checkpoint / f).exists()]
     if missing:
         raise FileNotFoundError(f"{checkpoint} is not a diffusers I2VGen-XL checkpoint: missing {missing}")
-    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
-
-    for contract in contracts.COMPONENTS:
-        version = output / contract.name / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        for folder in WEIGHT_FOLDERS[contract.name]:
-            _place(checkpoint / folder, version / folder)
-        shutil.copy2(source_repository / contract.name / "1" / "model.py", version / "model.py")
-        group = InstanceGroup(kind, options.component_instances, options.gpus)
-        (output / contract.name / "config.pbtxt").write_text(
-            render_config(contract, instance_group=group, parameters={"dtype": options.dtype})
-        )
-
     vae_config = json.loads((checkpoint / "vae" / "config.json").read_text())
-    entry_parameters = options.settings.as_parameters() | {"vae_scaling_factor": str(vae_config["scaling_factor"])}
-    for contract in contracts.ENTRY_MODELS:
-        version = output / contract.name / "1"
+    weights = dict(WEIGHT_FOLDERS) | {contract.name: ("scheduler",) for contract in contracts.ENTRY_MODELS}
+    for name, config in model_configs(options, vae_config["scaling_factor"]).items():
+        version = output / name / "1"
         version.mkdir(parents=True, exist_ok=True)
-        _place(checkpoint / "scheduler", version / "scheduler")
-        shutil.copy2(source_repository / contract.name / "1" / "model.py", version / "model.py")
-        group = InstanceGroup(kind, options.entry_instances, options.gpus)
-        (output / contract.name / "config.pbtxt").write_text(
-            render_config(contract, instance_group=group, parameters=entry_parameters)
-        )
+        for folder in weights[name]:
+            _place(checkpoint / folder, version / folder)
+        shutil.copy2(source_repository / name / "1" / "model.py", version / "model.py")
+        (output / name / "config.pbtxt").write_text(config)
     return output

@@ -9,22 +9,52 @@ from pathlib import Path
 DEFAULT_TINY_REPOSITORY = Path("build/tiny_repository")
 
 
+def tiny_repository(repository: Path = DEFAULT_TINY_REPOSITORY) -> Path:
+    """The tiny demo repository, built first if it is missing."""
+    if not (repository / "i2vgen_xl" / "config.pbtxt").exists():
+        from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
+        from openspeedy.export.tiny import build_tiny_checkpoint
+
+        print(f"building the tiny demo repository in {repository}", flush=True)
+        checkpoint = build_tiny_checkpoint(repository.parent / f"{repository.name}_checkpoint")
+        build_repository(checkpoint, repository, ExportOptions(settings=TINY_SETTINGS))
+    return repository
+
+
+def _server_options(args: argparse.Namespace):
+    from openspeedy.server import ServerOptions
+
+    repository = args.model_repository or tiny_repository()
+    return ServerOptions(repository, args.host, args.http_port, args.grpc_port, args.metrics_port, args.log_verbose)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from openspeedy.server import ServerOptions, TritonServer, serve_forever
+    from openspeedy.server import TritonServer, serve_forever
 
-    repository = args.model_repository
-    if repository is None:
-        repository = DEFAULT_TINY_REPOSITORY
-        if not (repository / "i2vgen_xl" / "config.pbtxt").exists():
-            from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
-            from openspeedy.export.tiny import build_tiny_checkpoint
+    return serve_forever(TritonServer(_server_options(args)))
 
-            print(f"building the tiny demo repository in {repository}", flush=True)
-            checkpoint = build_tiny_checkpoint(repository.parent / "tiny_checkpoint")
-            build_repository(checkpoint, repository, ExportOptions(settings=TINY_SETTINGS))
-    options = ServerOptions(repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                            args.log_verbose)
-    return serve_forever(TritonServer(options))
+
+def _demo(args: argparse.Namespace) -> int:
+    """Serves the tiny model, generates a video from the bundled example image, checks and writes it."""
+    from openspeedy import client as client_package
+    from openspeedy.client import Client
+    from openspeedy.server import TritonServer
+    from openspeedy.video import decode_video
+
+    request = dict(num_frames=16, height=128, width=192, num_inference_steps=20, seed=0)
+    with TritonServer(_server_options(args), log_path=Path("out/demo-server.log")) as server:
+        with Client(server.grpc_url) as client:
+            video = client.generate(Path(client_package.__file__).parent / "example.png", "a lighthouse by the sea, waves rolling in", frames=False,
+                                    mp4=True, **request)
+    frames = decode_video(video.mp4)
+    expected = (request["num_frames"], request["height"], request["width"], 3)
+    if frames.shape != expected:
+        print(f"demo video has shape {frames.shape}, expected {expected}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(video.mp4)
+    print(f"wrote {args.out}: {expected[0]} frames of {expected[2]}x{expected[1]}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,15 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run tritonserver on a model repository (default: tiny demo)")
-    serve.add_argument("--model-repository", type=Path)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
-    serve.add_argument("--log-verbose", type=int, default=0)
+    demo = commands.add_parser("demo", help="serve the tiny model and write a video of the example image")
+    demo.add_argument("--out", type=Path, default=Path("out/demo.mp4"))
+    for command in (serve, demo):
+        command.add_argument("--model-repository", type=Path, help="default: the tiny demo repository")
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--http-port", type=int, default=8000)
+        command.add_argument("--grpc-port", type=int, default=8001)
+        command.add_argument("--metrics-port", type=int, default=8002)
+        command.add_argument("--log-verbose", type=int, default=0)
 
     from openspeedy.client import cli as client_cli
-    from openspeedy.export import __main__ as export_cli
+    from openspeedy.export import __main__ as export_cli  # argument definitions only; heavy imports are lazy
 
     generate = commands.add_parser("generate", help="generate a video through a running server")
     client_cli.add_arguments(generate)
@@ -50,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "generate":
         return client_cli.run(args)
     print(export_cli.run(args))

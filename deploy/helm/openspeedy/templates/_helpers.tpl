@@ -1,0 +1,86 @@
+{{/*
+Names, labels and small computed values shared by the templates.
+*/}}
+
+{{- define "openspeedy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "openspeedy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "openspeedy.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "openspeedy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "openspeedy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "openspeedy.labels" -}}
+helm.sh/chart: {{ include "openspeedy.chart" . }}
+{{ include "openspeedy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/component: inference-server
+app.kubernetes.io/part-of: openspeedy
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "openspeedy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "openspeedy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "openspeedy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The claim the model repository lives on (type persistentVolumeClaim). */}}
+{{- define "openspeedy.claimName" -}}
+{{- .Values.modelRepository.persistentVolumeClaim.existingClaim | default (printf "%s-models" (include "openspeedy.fullname" .)) }}
+{{- end }}
+
+{{/* The repository's folder inside the model volume; the export needs a folder of its own. */}}
+{{- define "openspeedy.repositorySubPath" -}}
+{{- $subPath := .Values.modelRepository.subPath | default "" | trimPrefix "/" | trimSuffix "/" }}
+{{- if and .Values.modelRepository.export.enabled (not $subPath) }}
+{{- $subPath = "repository" }}
+{{- end }}
+{{- $subPath }}
+{{- end }}
+
+{{/* Fails the render on settings that cannot work together. */}}
+{{- define "openspeedy.validate" -}}
+{{- $type := .Values.modelRepository.type }}
+{{- if not (has $type (list "image" "persistentVolumeClaim" "hostPath" "emptyDir")) }}
+{{- fail (printf "modelRepository.type must be image, persistentVolumeClaim, hostPath or emptyDir, not %q" $type) }}
+{{- end }}
+{{- if and .Values.modelRepository.export.enabled (eq $type "image") }}
+{{- fail "modelRepository.export needs a volume to write to: set modelRepository.type to persistentVolumeClaim, hostPath or emptyDir" }}
+{{- end }}
+{{- if and (eq $type "emptyDir") (not .Values.modelRepository.export.enabled) }}
+{{- fail "an emptyDir model repository starts empty: enable modelRepository.export to fill it" }}
+{{- end }}
+{{- if .Values.podDisruptionBudget.enabled }}
+{{- if and (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) }}
+{{- fail "podDisruptionBudget: set maxUnavailable or minAvailable" }}
+{{- end }}
+{{- if and (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) }}
+{{- fail "podDisruptionBudget: set only one of maxUnavailable and minAvailable" }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,82 @@
+"""Every config.pbtxt (committed and exported) agrees with the contracts declared in the package."""
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from openspeedy import contracts
+from openspeedy.components import COMPONENT_CLASSES
+
+SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
+
+
+def parse(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def tensors(config_tensors, is_input: bool):
+    result = {}
+    for tensor in config_tensors:
+        datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+        result[tensor.name] = (
+            "BYTES" if datatype == "STRING" else datatype,
+            tuple(tensor.dims),
+            tensor.optional if is_input else False,
+        )
+    return result
+
+
+def declared(specs):
+    return {spec.name: (spec.datatype, spec.dims, spec.optional) for spec in specs}
+
+
+def assert_agrees(config: model_config_pb2.ModelConfig, contract: contracts.ModelContract) -> None:
+    assert config.name == contract.name
+    assert config.max_batch_size == 0
+    assert tensors(config.input, True) == declared(contract.inputs)
+    assert tensors(config.output, False) == declared(contract.outputs)
+    assert config.model_transaction_policy.decoupled == contract.decoupled
+
+
+@pytest.mark.parametrize("contract", contracts.ALL_MODELS, ids=lambda c: c.name)
+def test_committed_config_agrees_with_contract(contract):
+    assert_agrees(parse(SOURCE / contract.name / "config.pbtxt"), contract)
+    assert (SOURCE / contract.name / "1" / "model.py").exists()
+
+
+@pytest.mark.parametrize("contract", contracts.ALL_MODELS, ids=lambda c: c.name)
+def test_exported_config_agrees_with_contract(tiny_repository, contract):
+    config = parse(tiny_repository / contract.name / "config.pbtxt")
+    assert_agrees(config, contract)
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+
+
+def test_components_declare_their_contracts():
+    for name, cls in COMPONENT_CLASSES.items():
+        assert cls.contract is contracts.BY_NAME[name]
+
+
+def test_gpu_export_places_instances_on_gpus(tiny_checkpoint, tmp_path):
+    from openspeedy.export.repository import ExportOptions, build_repository
+
+    repository = build_repository(tiny_checkpoint, tmp_path / "gpu", ExportOptions(device="gpu", gpus=(0, 1),
+                                                                                   dtype="float16"))
+    for contract in contracts.ALL_MODELS:
+        config = parse(repository / contract.name / "config.pbtxt")
+        group = config.instance_group[0]
+        assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert list(group.gpus) == [0, 1]
+    assert parse(repository / "unet" / "config.pbtxt").parameters["dtype"].string_value == "float16"
+    entry = parse(repository / "i2vgen_xl" / "config.pbtxt").parameters
+    assert entry["vae_scaling_factor"].string_value == "0.18125"
+    assert entry["default_num_frames"].string_value == "16"  # the reference pipeline's default
+
+
+def test_committed_configs_are_the_rendered_defaults():
+    from openspeedy.export.repository import ExportOptions, PUBLISHED_VAE_SCALING_FACTOR, model_configs
+
+    for name, text in model_configs(ExportOptions(), PUBLISHED_VAE_SCALING_FACTOR).items():
+        assert (SOURCE / name / "config.pbtxt").read_text() == text, f"regenerate {name}: write_source_configs()"
