@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     # Imported here so that `openspeedy generate` never loads torch and diffusers.
     from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
-    from openspeedy.export.tiny import build_tiny_checkpoint
+    from openspeedy.export.random_checkpoint import build_tiny_checkpoint
 
     if args.tiny:
         checkpoint = build_tiny_checkpoint(args.output.parent / f"{args.output.name}_tiny_checkpoint")

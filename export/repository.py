@@ -10,6 +10,7 @@ from pathlib import Path
 
 from openspeedy import contracts
 from openspeedy.components import WEIGHT_FOLDERS
+from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
 from openspeedy.model_config import InstanceGroup, render_config
 from openspeedy.request import RequestSettings
 
@@ -39,6 +40,8 @@ class ExportOptions:
     dtype: str = "float32"  # what the components compute in (float16/bfloat16 on GPUs)
     entry_instances: int = 2  # concurrent requests the orchestrator works on
     component_instances: int = 1
+    decode_memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    decode_tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
     settings: RequestSettings = field(default_factory=RequestSettings)
 
 
@@ -61,7 +64,11 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
     configs = {}
     for contract in contracts.COMPONENTS:
         group = InstanceGroup(kind, options.component_instances, options.gpus)
-        configs[contract.name] = render_config(contract, instance_group=group, parameters={"dtype": options.dtype})
+        parameters = {"dtype": options.dtype}
+        if contract is contracts.VAE_DECODER:
+            parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
+            parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
+        configs[contract.name] = render_config(contract, instance_group=group, parameters=parameters)
     entry_parameters = options.settings.as_parameters() | {"vae_scaling_factor": str(vae_scaling_factor)}
     for contract in contracts.ENTRY_MODELS:
         group = InstanceGroup(kind, options.entry_instances, options.gpus)

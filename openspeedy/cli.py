@@ -13,7 +13,7 @@ def tiny_repository(repository: Path = DEFAULT_TINY_REPOSITORY) -> Path:
     """The tiny demo repository, built first if it is missing."""
     if not (repository / "i2vgen_xl" / "config.pbtxt").exists():
         from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
-        from openspeedy.export.tiny import build_tiny_checkpoint
+        from openspeedy.export.random_checkpoint import build_tiny_checkpoint
 
         print(f"building the tiny demo repository in {repository}", flush=True)
         checkpoint = build_tiny_checkpoint(repository.parent / f"{repository.name}_checkpoint")

@@ -15,10 +15,16 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, I2VGenXLUNet
 from diffusers.image_processor import VaeImageProcessor
-from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+try:  # transformers >= 5.2 names the Pillow implementation (the reference's, and torchvision-free)
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # older transformers 5: the class is the Pillow one
+    from transformers import CLIPImageProcessor
 
 from openspeedy import contracts
 from openspeedy.contracts import ModelContract
+from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
 
 # Sub-folders of a model version directory, in the diffusers checkpoint layout.
 WEIGHT_FOLDERS = {
@@ -43,7 +49,7 @@ class TextEncoder:
 
     contract = contracts.TEXT_ENCODER
 
-    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device = device
         self.tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         self.model = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype).to(device).eval()
@@ -69,9 +75,9 @@ class ImageEncoder:
 
     contract = contracts.IMAGE_ENCODER
 
-    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
-        self.processor = CLIPImageProcessorPil.from_pretrained(directory / "feature_extractor")
+        self.processor = CLIPImageProcessor.from_pretrained(directory / "feature_extractor")
         self.model = (
             CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=dtype).to(device).eval()
         )
@@ -101,7 +107,7 @@ class VaeEncoder:
 
     contract = contracts.VAE_ENCODER
 
-    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
         self.vae = _load_vae(directory, device, dtype)
 
@@ -118,7 +124,7 @@ class UNet:
 
     contract = contracts.UNET
 
-    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
 
@@ -139,32 +145,25 @@ class UNet:
         return {"NOISE_PRED": noise.float()}
 
 
-def frames_to_uint8(decoded: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] in [-1, 1] to [N, H, W, 3] uint8 on the same device, rounding like diffusers' numpy_to_pil."""
-    return ((decoded.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
 class VaeDecoder:
-    """VAE decoder: latents to uint8 frames, in chunks of frames."""
+    """VAE decoder: latents to uint8 frames, in chunks under a memory budget (see openspeedy.decoding)."""
 
     contract = contracts.VAE_DECODER
 
-    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype):
-        self.device, self.dtype = device, dtype
-        self.vae = _load_vae(directory, device, dtype)
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
+        self.decoder = ChunkedDecoder(
+            _load_vae(directory, device, dtype),
+            device,
+            dtype,
+            memory_budget_bytes=int(options.get("memory_budget_bytes", DEFAULT_MEMORY_BUDGET_BYTES)),
+            tile_above_pixels=int(options.get("tile_above_pixels", DEFAULT_TILE_ABOVE_PIXELS)),
+        )
 
-    @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        latents = inputs["LATENTS"].to(self.device, self.dtype)
         chunk = int(inputs["DECODE_CHUNK_SIZE"][0])
         if chunk < 0:
             raise ValueError(f"DECODE_CHUNK_SIZE must be >= 0, got {chunk}")
-        chunk = chunk or latents.shape[0]
-        frames = [
-            frames_to_uint8(self.vae.decode(latents[start : start + chunk]).sample)
-            for start in range(0, latents.shape[0], chunk)
-        ]
-        return {"FRAMES": torch.cat(frames)}
+        return {"FRAMES": self.decoder.decode(inputs["LATENTS"], chunk)}
 
 
 COMPONENT_CLASSES: dict[str, type] = {
@@ -176,9 +175,17 @@ COMPONENT_CLASSES: dict[str, type] = {
 }
 
 
-def load_component(model_name: str, directory: Path, device: str | torch.device = "cpu", dtype: str = "float32"):
-    """Loads one component from a model version directory (the folders in WEIGHT_FOLDERS)."""
-    return COMPONENT_CLASSES[model_name](Path(directory), torch.device(device), DTYPES[dtype])
+def load_component(
+    model_name: str,
+    directory: Path,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    options: Mapping[str, str] | None = None,
+):
+    """Loads one component from a model version directory (the folders in WEIGHT_FOLDERS).
+
+    ``options`` are the model's config parameters, for components that take any."""
+    return COMPONENT_CLASSES[model_name](Path(directory), torch.device(device), DTYPES[dtype], options or {})
 
 
 def check_tensors(contract: ModelContract, specs: str, tensors: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from openspeedy.components import WEIGHT_FOLDERS, load_component
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
-from openspeedy.export.tiny import build_tiny_checkpoint
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint
 from openspeedy.pipeline import I2VGenXL, LocalModels
 
 

@@ -23,7 +23,7 @@ def component_model(model_name: str) -> type:
             parameters = model_parameters(args)
             version_dir = Path(args["model_repository"]) / args["model_version"]
             self.component = load_component(
-                model_name, version_dir, instance_device(args), parameters.get("dtype", "float32")
+                model_name, version_dir, instance_device(args), parameters.get("dtype", "float32"), parameters
             )
 
         def execute(self, requests):

@@ -1,0 +1,218 @@
+"""GPU benchmark of the full-size I2VGen-XL architecture with RANDOM fp16 weights (speed and memory
+are real; the pictures are not). One process, one GPU:
+
+1. chunked VAE decoding (issue 4): time and peak memory for 16x512x512, 24x768x768, 32x512x512 at
+   each chunk size, at automatic and all at once;
+2. the image-only work a latent-cache hit skips (issue 3): CLIP image embedding + VAE encoding;
+3. one UNet call (CFG batch 2, 16 frames 512x512): eager, with FLOPs counted by torch's FlopCounterMode;
+4. a whole 50-step video through OpenSpeedy's pipeline (in process) and through diffusers'
+   I2VGenXLPipeline, same weights, seed and settings, with the output difference.
+
+Usage: python bench/gpu_bench.py --out DIR [--quick]. Writes DIR/gpu_bench.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
+from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
+from openspeedy.pipeline import I2VGenXL, LocalModels, posterior_seed  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_reset() -> int:
+    if DEVICE.type != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def _peak_since(base: int) -> int:
+    return torch.cuda.max_memory_allocated() - base if DEVICE.type == "cuda" else 0
+
+
+def timed(fn, repeats: int = 3, warmup: int = 1) -> tuple[float, int, object]:
+    """Median seconds over ``repeats`` runs after ``warmup``, and the peak memory above the start."""
+    for _ in range(warmup):
+        fn()
+    _sync()
+    base = _peak_reset()
+    times, result = [], None
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        result = fn()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), _peak_since(base), result
+
+
+def bench_decode(decoder, quick: bool) -> list[dict]:
+    rows = []
+    cases = [(16, 512, 512), (24, 768, 768), (32, 512, 512)]
+    for frames, height, width in cases[:1] if quick else cases:
+        latents = torch.randn(frames, 4, height // 8, width // 8, device=DEVICE, dtype=torch.float16)
+        decoder.vae.use_tiling = False
+        cost = decoder.cost(tuple(latents.shape))
+        auto = decoder.automatic_chunk(tuple(latents.shape))
+        for chunk in sorted({1, 2, 4, 8, 16, frames}) + [0]:
+            if chunk > frames:
+                continue
+            if DEVICE.type == "cuda":
+                torch.cuda.empty_cache()
+            try:
+                seconds, peak, _ = timed(lambda: decoder.decode(latents, chunk))
+                rows.append(dict(frames=frames, height=height, width=width, chunk=chunk or f"auto={auto}",
+                                 seconds=seconds, peak_bytes=peak))
+            except Exception as error:  # noqa: BLE001 - an out-of-memory is a result here
+                rows.append(dict(frames=frames, height=height, width=width, chunk=chunk, error=str(error)[:200]))
+            print(rows[-1], flush=True)
+        rows.append(dict(frames=frames, height=height, width=width, measured_cost=dict(fixed=cost.fixed,
+                         per_frame=cost.per_frame), budget=decoder.memory_budget_bytes, auto_chunk=auto))
+    return rows
+
+
+def bench_image_work(components, height: int, width: int) -> dict:
+    square = torch.randint(0, 256, (1, width, width, 3), dtype=torch.uint8)
+    target = torch.randint(0, 256, (1, height, width, 3), dtype=torch.uint8)
+    clip, _, _ = timed(lambda: components["image_encoder"].infer({"IMAGE": square}), repeats=5)
+    vae, _, _ = timed(lambda: components["vae_encoder"].infer({"IMAGE": target}), repeats=5)
+    return dict(height=height, width=width, image_encoder_s=clip, vae_encoder_s=vae, saved_per_hit_s=clip + vae)
+
+
+def bench_unet(unet, text_width: int, frames=16, height=512, width=512) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = {
+        "SAMPLE": torch.randn(2, 4, frames, height // 8, width // 8, device=DEVICE),
+        "TIMESTEP": torch.tensor([500], device=DEVICE),
+        "ENCODER_HIDDEN_STATES": torch.randn(2, 77, text_width, device=DEVICE),
+        "FPS": torch.tensor([16, 16], device=DEVICE),
+        "IMAGE_LATENTS": torch.randn(2, 4, frames, height // 8, width // 8, device=DEVICE),
+        "IMAGE_EMBEDDINGS": torch.randn(2, 1, text_width, device=DEVICE),
+    }
+    with FlopCounterMode(display=False) as counter:
+        unet.infer(inputs)
+    flops = counter.get_total_flops()
+    seconds, peak, _ = timed(lambda: unet.infer(inputs), repeats=10, warmup=2)
+    return dict(frames=frames, height=height, width=width, batch=2, flops=flops, eager_ms=seconds * 1e3,
+                eager_tflops=flops / seconds / 1e12, peak_bytes=peak)
+
+
+def bench_end_to_end(checkpoint: Path, components, steps: int) -> dict:
+    from diffusers import I2VGenXLPipeline
+    from PIL import Image
+
+    from openspeedy.request import RequestSettings, parse_request
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8))
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    request = parse_request(
+        {
+            "IMAGE": np.array([buffer.getvalue()], dtype=object),
+            "PROMPT": np.array([b"a lighthouse by the sea"], dtype=object),
+            "NUM_FRAMES": np.array([16], np.int32),
+            "HEIGHT": np.array([512], np.int32),
+            "WIDTH": np.array([512], np.int32),
+            "NUM_INFERENCE_STEPS": np.array([steps], np.int32),
+            "SEED": np.array([7], np.int64),
+            "DECODE_CHUNK_SIZE": np.array([0], np.int32),
+        },
+        RequestSettings(),
+    )
+    scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
+    ours = I2VGenXL(LocalModels(components), scheduler, 0.18125, DEVICE)
+    seconds, peak, video = timed(lambda: ours.generate(request), repeats=2)
+    ours_frames = video.numpy()
+
+    dtype = components["unet"].dtype
+    reference = I2VGenXLPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(DEVICE)
+    object.__setattr__(reference.text_encoder, "text_model", reference.text_encoder)
+    reference.set_progress_bar_config(disable=True)
+
+    def run_reference():
+        torch.manual_seed(posterior_seed(request.seed))
+        return reference(prompt=request.prompt, image=request.image, height=512, width=512, num_frames=16,
+                         num_inference_steps=steps, generator=torch.Generator().manual_seed(request.seed),
+                         output_type="np").frames[0]
+
+    ref_seconds, ref_peak, ref_video = timed(run_reference, repeats=2)
+    ref_frames = (ref_video * 255).round().astype(np.uint8)
+    difference = np.abs(ours_frames.astype(np.float64) - ref_frames.astype(np.float64))
+    return dict(frames=16, height=512, width=512, steps=steps, openspeedy_s=seconds, openspeedy_peak_bytes=peak,
+                reference_s=ref_seconds, reference_peak_bytes=ref_peak,
+                relative_l2_vs_reference=float(np.linalg.norm(difference) / np.linalg.norm(ref_frames)),
+                max_abs_uint8_vs_reference=float(difference.max()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/i2vgen_xl_full_random"))
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="one decode case, 5 steps")
+    parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    architecture, dtype = (TINY, torch.float32) if args.smoke else (FULL_SIZE, torch.float16)
+    if not (args.checkpoint / "model_index.json").exists():
+        with torch.device(DEVICE):  # initialise the 2.4 B random parameters on the GPU: seconds, not minutes
+            build_checkpoint(args.checkpoint, architecture, dtype=dtype)
+    print(f"checkpoint ready in {time.time() - started:.0f} s", flush=True)
+    dtype_name = str(dtype).removeprefix("torch.")
+    components = {name: load_component(name, args.checkpoint, DEVICE, dtype_name) for name in WEIGHT_FOLDERS}
+
+    results = dict(
+        note="full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures",
+        gpu=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu (smoke run)",
+        driver=_driver(),
+        torch=torch.__version__,
+        date=datetime.date.today().isoformat(),
+    )
+    results["vae_decode"] = bench_decode(components["vae_decoder"].decoder, args.quick)
+    results["image_work"] = [bench_image_work(components, 512, 512), bench_image_work(components, 704, 1280)]
+    print(results["image_work"], flush=True)
+    width = 16 if args.smoke else 1024
+    results["unet"] = bench_unet(components["unet"], width)
+    print(results["unet"], flush=True)
+    results["end_to_end"] = bench_end_to_end(args.checkpoint, components, 5 if args.quick else args.steps)
+    print(results["end_to_end"], flush=True)
+    (args.out / "gpu_bench.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+def _driver() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
