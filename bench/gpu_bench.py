@@ -144,7 +144,7 @@ def bench_end_to_end(checkpoint: Path, components, steps: int) -> dict:
     scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
     ours = I2VGenXL(LocalModels(components), scheduler, 0.18125, DEVICE)
     seconds, peak, video = timed(lambda: ours.generate(request), repeats=2)
-    ours_frames = video.numpy()
+    ours_frames = video.cpu().numpy()
 
     dtype = components["unet"].dtype
     reference = I2VGenXLPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(DEVICE)

@@ -149,10 +149,7 @@ class I2VGenXL:
         return flat[None].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
     def decode(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
+        """uint8 [F, H, W, 3] frames, left where the decoder put them (host memory: they leave the server)."""
         frames = ((1 / self.vae_scaling_factor) * latents)[0].permute(1, 0, 2, 3).contiguous()  # [F, C, h, w]
-        return self._call(
-            contracts.VAE_DECODER,
-            "FRAMES",
-            LATENTS=frames,
-            DECODE_CHUNK_SIZE=torch.tensor([decode_chunk_size], dtype=torch.int32),
-        )
+        decoding = {"LATENTS": frames, "DECODE_CHUNK_SIZE": torch.tensor([decode_chunk_size], dtype=torch.int32)}
+        return self.call_model(contracts.VAE_DECODER, decoding)["FRAMES"]

@@ -33,7 +33,8 @@ def test_automatic_chunk_is_the_largest_that_fits_the_budget(vae_decoder, latent
     cost = vae_decoder.cost(shape)
     assert cost.per_frame > 0
     for frames_that_fit in (1, 3, 4, 9):
-        vae_decoder.memory_budget_bytes = cost.fixed + frames_that_fit * cost.per_frame + cost.per_frame // 2
+        planned = cost.fixed + frames_that_fit * cost.per_frame + cost.per_frame // 2
+        vae_decoder.memory_budget_bytes = int(planned / 0.95)  # the decoder keeps 5% of the budget unused
         assert vae_decoder.automatic_chunk(shape) == frames_that_fit
     vae_decoder.memory_budget_bytes = 1  # not even one frame fits: still decode, one at a time
     assert vae_decoder.automatic_chunk(shape) == 1
