@@ -16,15 +16,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids for --device gpu (default: all)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="compute precision (default: float16 on gpu, float32 on cpu)")
-    parser.add_argument("--entry-instances", type=int, default=2)
+    parser.add_argument("--entry-instances", type=int, default=1,
+                        help="requests the orchestrator works on at once (each instance has its own local cache)")
     parser.add_argument("--component-instances", type=int, default=1)
+    parser.add_argument("--unet-runtime", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+                        help="unet runs on PyTorch, on onnxruntime (the exported ONNX graph) or as a TensorRT engine "
+                             "(needs tensorrt and --device gpu; see export/README.md)")
+    from openspeedy.export.tensorrt_engine import add_profile_arguments  # no torch: light at parse time
+
+    add_profile_arguments(parser)
+    parser.add_argument("--no-cache", action="store_true", help="turn the encoding caches off")
+    parser.add_argument("--cache-image-max-bytes", type=int, default=256 << 20)
+    parser.add_argument("--cache-prompt-max-bytes", type=int, default=64 << 20)
+    parser.add_argument("--cache-redis-url", default="", help="share the caches through Redis (redis://host:port/db)")
+    parser.add_argument("--cache-redis-ttl-s", type=int, default=24 * 3600)
 
 
 def run(args: argparse.Namespace) -> Path:
     # Imported here so that `openspeedy generate` never loads torch and diffusers.
+    from openspeedy.cache import CacheSettings
     from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
     from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+    from openspeedy.export.tensorrt_engine import profile_from_arguments, require_tensorrt
 
+    if args.unet_runtime == "tensorrt":
+        require_tensorrt()  # refuse before minutes of export work
     if args.tiny:
         checkpoint = build_tiny_checkpoint(args.output.parent / f"{args.output.name}_tiny_checkpoint")
         settings = TINY_SETTINGS
@@ -37,6 +53,15 @@ def run(args: argparse.Namespace) -> Path:
         entry_instances=args.entry_instances,
         component_instances=args.component_instances,
         settings=settings,
+        unet_runtime=args.unet_runtime,
+        unet_profile=profile_from_arguments(args),
+        cache=CacheSettings(
+            enabled=not args.no_cache,
+            image_max_bytes=args.cache_image_max_bytes,
+            prompt_max_bytes=args.cache_prompt_max_bytes,
+            redis_url=args.cache_redis_url,
+            redis_ttl_s=args.cache_redis_ttl_s,
+        ),
     )
     return build_repository(checkpoint, args.output, options)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,8 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openspeedy import contracts
+from openspeedy.cache import CacheSettings, fingerprint_files
 from openspeedy.components import WEIGHT_FOLDERS
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
+from openspeedy.export import unet_runtime
+from openspeedy.export.tensorrt_engine import UNetProfile
 from openspeedy.model_config import InstanceGroup, render_config
 from openspeedy.request import RequestSettings
 
@@ -38,11 +42,17 @@ class ExportOptions:
     device: str = "cpu"  # cpu or gpu: the instance kind of every model
     gpus: tuple[int, ...] = ()  # with gpu: the devices to place instances on (empty = all)
     dtype: str = "float32"  # what the components compute in (float16/bfloat16 on GPUs)
-    entry_instances: int = 2  # concurrent requests the orchestrator works on
+    # Requests the orchestrator works on at once. Each instance is a process with its own local cache
+    # (Redis shares one across instances and replicas); on one GPU a second instance interleaves UNet
+    # calls, adding latency without throughput.
+    entry_instances: int = 1
     component_instances: int = 1
     decode_memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
     decode_tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
     settings: RequestSettings = field(default_factory=RequestSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (export/unet_runtime.py)
+    unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
 
 
 def _place(source: Path, destination: Path) -> None:
@@ -59,17 +69,26 @@ PUBLISHED_VAE_SCALING_FACTOR = 0.18125  # ali-vilab/i2vgen-xl vae/config.json
 
 
 def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str, str]:
-    """The config.pbtxt text of every model, rendered from its contract and the export options."""
+    """The config.pbtxt text of every model, rendered from its contract and the export options
+    (the weight fingerprints come with ``options.cache``)."""
+    options = unet_runtime.resolve(options)
     kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
     configs = {}
     for contract in contracts.COMPONENTS:
         group = InstanceGroup(kind, options.component_instances, options.gpus)
+        if contract is contracts.UNET and options.unet_runtime != "torch":
+            configs[contract.name] = unet_runtime.unet_config(options, group)
+            continue
         parameters = {"dtype": options.dtype}
         if contract is contracts.VAE_DECODER:
             parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
             parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
         configs[contract.name] = render_config(contract, instance_group=group, parameters=parameters)
-    entry_parameters = options.settings.as_parameters() | {"vae_scaling_factor": str(vae_scaling_factor)}
+    entry_parameters = (
+        options.settings.as_parameters()
+        | options.cache.as_parameters()
+        | {"vae_scaling_factor": str(vae_scaling_factor)}
+    )
     for contract in contracts.ENTRY_MODELS:
         group = InstanceGroup(kind, options.entry_instances, options.gpus)
         configs[contract.name] = render_config(contract, instance_group=group, parameters=entry_parameters)
@@ -94,12 +113,21 @@ def build_repository(
     if missing:
         raise FileNotFoundError(f"{checkpoint} is not a diffusers I2VGen-XL checkpoint: missing {missing}")
     vae_config = json.loads((checkpoint / "vae" / "config.json").read_text())
+    # Cache keys carry these, so entries computed with other weights are never served.
+    options = dataclasses.replace(options, cache=dataclasses.replace(
+        options.cache,
+        image_fingerprint=fingerprint_files(*(checkpoint / f for f in ("image_encoder", "feature_extractor", "vae"))),
+        prompt_fingerprint=fingerprint_files(checkpoint / "text_encoder", checkpoint / "tokenizer"),
+    ))
     weights = dict(WEIGHT_FOLDERS) | {contract.name: ("scheduler",) for contract in contracts.ENTRY_MODELS}
     for name, config in model_configs(options, vae_config["scaling_factor"]).items():
         version = output / name / "1"
         version.mkdir(parents=True, exist_ok=True)
-        for folder in weights[name]:
-            _place(checkpoint / folder, version / folder)
-        shutil.copy2(source_repository / name / "1" / "model.py", version / "model.py")
+        if name == contracts.UNET.name and options.unet_runtime != "torch":
+            unet_runtime.write_unet(checkpoint, output / name, options, source_repository)  # ONNX graph or engine
+        else:
+            for folder in weights[name]:
+                _place(checkpoint / folder, version / folder)
+            shutil.copy2(source_repository / name / "1" / "model.py", version / "model.py")
         (output / name / "config.pbtxt").write_text(config)
     return output

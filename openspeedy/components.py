@@ -25,6 +25,7 @@ except ImportError:  # older transformers 5: the class is the Pillow one
 from openspeedy import contracts
 from openspeedy.contracts import ModelContract
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
+from openspeedy.unet_onnx import OnnxRuntimeUNet
 
 # Sub-folders of a model version directory, in the diffusers checkpoint layout.
 WEIGHT_FOLDERS = {
@@ -116,7 +117,9 @@ class VaeEncoder:
         pixels = inputs["IMAGE"].to(self.device).permute(0, 3, 1, 2).float() / 255.0
         pixels = 2.0 * pixels - 1.0  # VaeImageProcessor.normalize
         posterior = self.vae.encode(pixels.to(self.dtype)).latent_dist
-        return {"LATENT_PARAMETERS": posterior.parameters.float()}
+        # Contiguous, as it arrives through Triton or from a cache: the encoder's convolution leaves it
+        # channels-last, and a layout difference changes the UNet's rounding downstream.
+        return {"LATENT_PARAMETERS": posterior.parameters.float().contiguous()}
 
 
 class UNet:
@@ -174,6 +177,10 @@ COMPONENT_CLASSES: dict[str, type] = {
     "vae_decoder": VaeDecoder,
 }
 
+# Other runtimes of a component, chosen by its config parameter ``runtime`` (absent or "torch": the
+# class above). Same contract and model name; see export/unet_runtime.py.
+RUNTIME_CLASSES: dict[tuple[str, str], type] = {("unet", "onnxruntime"): OnnxRuntimeUNet}
+
 
 def load_component(
     model_name: str,
@@ -184,8 +191,14 @@ def load_component(
 ):
     """Loads one component from a model version directory (the folders in WEIGHT_FOLDERS).
 
-    ``options`` are the model's config parameters, for components that take any."""
-    return COMPONENT_CLASSES[model_name](Path(directory), torch.device(device), DTYPES[dtype], options or {})
+    ``options`` are the model's config parameters, for components that take any (``runtime`` among them)."""
+    options = options or {}
+    runtime = options.get("runtime", "torch")
+    cls = COMPONENT_CLASSES[model_name] if runtime == "torch" else RUNTIME_CLASSES.get((model_name, runtime))
+    if cls is None:
+        known = ["torch"] + [r for (name, r) in RUNTIME_CLASSES if name == model_name]
+        raise ValueError(f"{model_name}: unknown runtime {runtime!r} (this backend runs {known})")
+    return cls(Path(directory), torch.device(device), DTYPES[dtype], options)
 
 
 def check_tensors(contract: ModelContract, specs: str, tensors: Mapping[str, Any]) -> None:

@@ -16,6 +16,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 
 from openspeedy import contracts
+from openspeedy.cache import EncodingCaches, Entry
 from openspeedy.components import Component, check_tensors
 from openspeedy.contracts import ModelContract
 from openspeedy.imaging import center_crop_wide, to_uint8_batch
@@ -58,8 +59,10 @@ class I2VGenXL:
         scheduler_config: Mapping[str, Any],
         vae_scaling_factor: float,
         device: str | torch.device = "cpu",
+        caches: EncodingCaches | None = None,
     ):
         self.call_model = call_model
+        self.caches = caches
         self.scheduler_config = dict(scheduler_config)
         self.vae_scaling_factor = float(vae_scaling_factor)
         self.device = torch.device(device)
@@ -67,19 +70,40 @@ class I2VGenXL:
     def _call(self, contract: ModelContract, output: str, **inputs: Any) -> torch.Tensor:
         return self.call_model(contract, inputs)[output].to(self.device)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        texts = np.array([p.encode("utf-8") for p in prompts], dtype=object)
-        return self._call(contracts.TEXT_ENCODER, "PROMPT_EMBEDS", PROMPT=texts)
+    def _cached(self, cache: str, key: Callable[[], str], compute: Callable[[], Entry]) -> Entry:
+        if self.caches is None:
+            return compute()
+        return self.caches.lookup(cache, key(), compute, self.device)
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """[1, tokens, width] embedding of one prompt. One prompt per call, like the reference: the result
+        never depends on which other prompt shared the batch, so cache hits and misses agree bit for bit."""
+        text = np.array([prompt.encode("utf-8")], dtype=object)
+        return self._cached(
+            "prompt",
+            lambda: self.caches.prompt_key(prompt),
+            lambda: {"embeds": self._call(contracts.TEXT_ENCODER, "PROMPT_EMBEDS", PROMPT=text)},
+        )["embeds"]
 
     def encode_image(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
         """The image-only work: CLIP embedding of the square crop, VAE posterior parameters of the target crop."""
-        square = center_crop_wide(request.image, (request.width, request.width))
-        embeds = self._call(contracts.IMAGE_ENCODER, "IMAGE_EMBEDS", IMAGE=torch.from_numpy(to_uint8_batch(square)))
-        target = center_crop_wide(request.image, (request.width, request.height))
-        posterior = self._call(
-            contracts.VAE_ENCODER, "LATENT_PARAMETERS", IMAGE=torch.from_numpy(to_uint8_batch(target))
+
+        def compute() -> Entry:
+            square = center_crop_wide(request.image, (request.width, request.width))
+            target = center_crop_wide(request.image, (request.width, request.height))
+            return {
+                "embeds": self._call(
+                    contracts.IMAGE_ENCODER, "IMAGE_EMBEDS", IMAGE=torch.from_numpy(to_uint8_batch(square))
+                ),
+                "posterior": self._call(
+                    contracts.VAE_ENCODER, "LATENT_PARAMETERS", IMAGE=torch.from_numpy(to_uint8_batch(target))
+                ),
+            }
+
+        entry = self._cached(
+            "image", lambda: self.caches.image_key(request.image_bytes, request.width, request.height), compute
         )
-        return embeds, posterior
+        return entry["embeds"], entry["posterior"]
 
     def image_latents(self, posterior: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
         """Samples the posterior with the request's seed and appends the reference's frame position mask."""
@@ -93,7 +117,7 @@ class I2VGenXL:
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
         cfg = request.do_classifier_free_guidance
         prompts = [request.negative_prompt, request.prompt] if cfg else [request.prompt]
-        prompt_embeds = self.encode_prompts(prompts)
+        prompt_embeds = torch.cat([self.encode_prompt(p) for p in prompts])
 
         image_embeds, posterior = self.encode_image(request)
         image_embeds = image_embeds.unsqueeze(1)

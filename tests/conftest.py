@@ -71,3 +71,44 @@ def random_image(width: int = 120, height: int = 80, mode: str = "RGB", seed: in
     if mode == "P":
         return image.quantize(colors=16)
     return image.convert(mode)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence."""
+
+    def __init__(self, directory: Path):
+        import shutil
+        import subprocess
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (make test installs it with apt-get)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory)],
+            stdout=subprocess.DEVNULL,
+        )
+        import redis
+        import time
+
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

@@ -6,9 +6,10 @@ global torch seed set to ``posterior_seed(seed)`` (the reference draws its VAE p
 the global generator; OpenSpeedy draws it from a generator seeded with that derived seed). Its float
 frames are rounded to uint8 like its own ``numpy_to_pil``.
 
-Tolerance: at most one uint8 step, on at most 0.5% of the values. OpenSpeedy batches the negative and
-positive prompts into one text-encoder call where the reference makes two, and float32 matrix
-products may round differently with the batch size; everything else is the same arithmetic.
+In process the frames are identical, bit for bit. Through the server they may differ by one uint8 step
+on at most 0.1% of the values (observed: 0.007%, on gRPC and HTTP alike): the tensors then cross
+process boundaries through Triton's shared memory, and float32 CPU kernels can take another code path
+for another memory placement. The cause was not tracked further; the bound is asserted.
 """
 
 import numpy as np
@@ -56,7 +57,7 @@ def assert_close_to_reference(ours: np.ndarray, theirs: np.ndarray) -> None:
     assert ours.shape == theirs.shape and ours.dtype == np.uint8
     difference = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
     assert difference.max() <= 1, f"max difference {difference.max()}"
-    assert (difference > 0).mean() <= 0.005
+    assert (difference > 0).mean() <= 0.001
 
 
 def make_request(**overrides):
@@ -88,7 +89,9 @@ def make_request(**overrides):
 def test_in_process_pipeline_matches_reference(local_pipeline, reference, overrides):
     request = make_request(**overrides)
     ours = local_pipeline.generate(request).numpy()
-    assert_close_to_reference(ours, run_reference(reference, request))
+    theirs = run_reference(reference, request)
+    assert ours.shape == theirs.shape
+    assert np.array_equal(ours, theirs), "in process, the pipeline is the reference's arithmetic: bit for bit"
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 64), (64, 128), (40, 200)])

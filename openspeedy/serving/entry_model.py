@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
@@ -19,6 +20,7 @@ from openspeedy.serving.triton_io import (
     read_inputs,
     to_triton,
 )
+from openspeedy.serving.metrics import TritonCacheMetrics
 from openspeedy.video import encode_mp4
 
 
@@ -28,8 +30,10 @@ class EntryModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = RequestSettings.from_parameters(parameters)
         scheduler_config = json.loads((version_dir / "scheduler" / "scheduler_config.json").read_text())
+        self.cache_metrics = TritonCacheMetrics()
+        caches = EncodingCaches(CacheSettings.from_parameters(parameters), self.cache_metrics)
         self.pipeline = I2VGenXL(
-            bls_call, scheduler_config, float(parameters["vae_scaling_factor"]), instance_device(args)
+            bls_call, scheduler_config, float(parameters["vae_scaling_factor"]), instance_device(args), caches
         )
 
     def execute(self, requests):

@@ -1,0 +1,47 @@
+"""OpenSpeedy's Prometheus metrics on Triton's metrics endpoint (:8002/metrics), via python-backend
+custom metrics. Families are attributes of a long-lived object: a family that goes out of scope is
+deleted by the backend, and its metrics then fail (ENVIRONMENT.md)."""
+
+from __future__ import annotations
+
+from openspeedy.serving.triton_io import pb_utils
+
+
+class TritonCacheMetrics:
+    """openspeedy.cache.CacheMetrics as Triton custom metrics, labelled by cache ("image", "prompt")."""
+
+    def __init__(self):
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        self.families = {
+            "hit": pb_utils.MetricFamily("openspeedy_cache_hits_total", "Encoding cache hits", counter),
+            "miss": pb_utils.MetricFamily("openspeedy_cache_misses_total", "Encoding cache misses", counter),
+            "evicted": pb_utils.MetricFamily(
+                "openspeedy_cache_evictions_total", "Entries evicted to hold the byte budget", counter
+            ),
+            "bytes": pb_utils.MetricFamily("openspeedy_cache_bytes", "Bytes held by the local cache", gauge),
+            "backend_error": pb_utils.MetricFamily(
+                "openspeedy_cache_backend_errors_total", "Shared (Redis) cache failures, served locally", counter
+            ),
+        }
+        self._metrics: dict[tuple[str, str], object] = {}
+
+    def _metric(self, what: str, cache: str):
+        key = (what, cache)
+        if key not in self._metrics:
+            self._metrics[key] = self.families[what].Metric(labels={"cache": cache})
+        return self._metrics[key]
+
+    def hit(self, cache: str) -> None:
+        self._metric("hit", cache).increment(1)
+
+    def miss(self, cache: str) -> None:
+        self._metric("miss", cache).increment(1)
+
+    def evicted(self, cache: str, count: int) -> None:
+        self._metric("evicted", cache).increment(count)
+
+    def bytes_held(self, cache: str, size: int) -> None:
+        self._metric("bytes", cache).set(size)
+
+    def backend_error(self, cache: str) -> None:
+        self._metric("backend_error", cache).increment(1)

@@ -1,0 +1,230 @@
+"""The ONNX UNet: exact pooling rewrite, graph checks, onnxruntime against PyTorch, served end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tritonclient.grpc import model_config_pb2
+
+from conftest import encode, free_port, random_image
+from openspeedy import contracts
+from openspeedy.components import RUNTIME_CLASSES, load_component
+from openspeedy.export.adaptive_pool import MatmulAdaptiveAvgPool2d, matmul_pooling
+from openspeedy.export.onnx_unet import DYNAMIC_AXES, example_inputs, export_unet
+from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
+from openspeedy.unet_onnx import OnnxRuntimeUNet
+from test_contracts import assert_agrees, parse
+
+U = 2.0**-24  # unit roundoff of FP32
+
+# Latent sizes around the pooling's 32: smaller, equal, larger, multiples and not, and the
+# published default 704x1280 (88x160).
+POOL_SIZES = [1, 2, 3, 5, 7, 8, 13, 16, 31, 32, 33, 40, 45, 63, 64, 88, 100, 160]
+
+
+def windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows, computed independently of the code under test."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+@pytest.mark.parametrize("height", POOL_SIZES)
+def test_matmul_pooling_is_bit_exact_where_window_sums_are_exact(height):
+    # Integer inputs make every window sum exact in FP32 whatever the order of the additions; then
+    # both compute sum / window_height / window_width, so the results must be identical bit for bit.
+    generator = torch.Generator().manual_seed(height)
+    original, rewrite = torch.nn.AdaptiveAvgPool2d((32, 32)), MatmulAdaptiveAvgPool2d((32, 32))
+    for width in POOL_SIZES:
+        x = torch.randint(-1000, 1000, (2, 3, height, width), generator=generator).float()
+        assert torch.equal(rewrite(x), original(x)), (height, width)
+
+
+@pytest.mark.parametrize("height", POOL_SIZES)
+def test_matmul_pooling_differs_only_by_summation_order(height):
+    # General inputs: the two sum a window of n = kh * kw values in different orders. Each order is
+    # within (n - 1) u sum|x| of the exact sum (the rewrite adds kh then kw terms: (kh - 1) + (kw - 1) u
+    # more); the two divisions add at most 2 u |result| each. So per element
+    #   |rewrite - original| <= (2n + kh + kw) u mean|x| over the window,
+    # and a wrong window (off by one row or column) breaks it by orders of magnitude.
+    generator = torch.Generator().manual_seed(1000 + height)
+    original, rewrite = torch.nn.AdaptiveAvgPool2d((32, 32)), MatmulAdaptiveAvgPool2d((32, 32))
+    for width in POOL_SIZES:
+        x = torch.randn(2, 3, height, width, generator=generator) * 10
+        kh = torch.tensor([e - s for s, e in windows(height, 32)], dtype=torch.float64)[:, None]
+        kw = torch.tensor([e - s for s, e in windows(width, 32)], dtype=torch.float64)[None, :]
+        mean_abs = torch.nn.AdaptiveAvgPool2d((32, 32))(x.double().abs())
+        bound = (2 * kh * kw + kh + kw) * U * mean_abs
+        difference = (rewrite(x).double() - original(x).double()).abs()
+        assert (difference <= bound).all(), (height, width, (difference / bound).max().item())
+
+
+def test_matmul_pooling_refuses_an_open_output_size():
+    with pytest.raises(ValueError):
+        MatmulAdaptiveAvgPool2d((32, None))
+
+
+@pytest.fixture(scope="module")
+def torch_unet(tiny_checkpoint):
+    return load_component("unet", tiny_checkpoint)
+
+
+def test_pooling_swap_is_only_for_the_export(torch_unet):
+    embedder = torch_unet.model.image_latents_context_embedding
+    original = embedder[2]
+    assert isinstance(original, torch.nn.AdaptiveAvgPool2d)
+    with matmul_pooling(torch_unet.model):
+        assert isinstance(embedder[2], MatmulAdaptiveAvgPool2d)
+    assert embedder[2] is original
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory) -> Path:
+    return export_unet(tiny_checkpoint / "unet", tmp_path_factory.mktemp("onnx_unet") / "model.onnx")
+
+
+def test_graph_passes_the_onnx_checker(exported):
+    onnx.checker.check_model(str(exported), full_check=True)  # full_check: shape inference too
+    assert exported.with_name("model.onnx.data").stat().st_size > 0  # weights as external data
+
+
+ONNX_TYPES = {"FP32": onnx.TensorProto.FLOAT, "INT64": onnx.TensorProto.INT64}
+
+
+def test_graph_signature_is_the_contract(exported, torch_unet):
+    graph = onnx.load(str(exported), load_external_data=False).graph
+    config = torch_unet.model.config
+    static = {"SAMPLE": {1: config.in_channels}, "IMAGE_LATENTS": {1: config.in_channels},
+              "ENCODER_HIDDEN_STATES": {2: config.cross_attention_dim},
+              "IMAGE_EMBEDDINGS": {1: 1, 2: config.cross_attention_dim}, "TIMESTEP": {0: 1},
+              "NOISE_PRED": {1: config.out_channels}, "FPS": {}}
+    for values, specs in ((graph.input, contracts.UNET.inputs), (graph.output, contracts.UNET.outputs)):
+        assert [v.name for v in values] == [s.name for s in specs]
+        for value, spec in zip(values, specs):
+            tensor_type = value.type.tensor_type
+            assert tensor_type.elem_type == ONNX_TYPES[spec.datatype], spec.name
+            dims = [d.dim_param or d.dim_value for d in tensor_type.shape.dim]
+            assert len(dims) == len(spec.dims), spec.name
+            expected = [DYNAMIC_AXES[spec.name].get(i, static[spec.name].get(i)) for i in range(len(dims))]
+            if spec.name == "NOISE_PRED" and isinstance(dims[1], str):
+                # The tracer leaves the output's channel dimension unnamed-symbolic (it comes out of a
+                # reshape); runtimes infer it, and test_onnxruntime_matches_pytorch checks its value.
+                expected[1] = dims[1]
+            assert dims == expected, spec.name
+
+
+def test_graph_has_no_fixed_size_pooling(exported):
+    ops = {node.op_type for node in onnx.load(str(exported), load_external_data=False).graph.node}
+    assert not ops & {"AveragePool", "GlobalAveragePool", "MaxPool"}, ops
+    assert "Resize" in ops  # upsampling to the skip connections' sizes, traced from shapes
+
+
+# (batch, frames, latent height, latent width): inside the tiny profile (32..512 px, up to 32 frames),
+# with sizes below, at and above the pooling's 32, multiples of the upsampling factor 8 and not.
+SHAPES = [(1, 1, 4, 4), (2, 2, 5, 12), (2, 8, 8, 8), (1, 16, 12, 5), (2, 3, 16, 24), (2, 32, 4, 8),
+          (1, 4, 33, 40), (2, 2, 64, 64)]
+
+
+@pytest.fixture(scope="module")
+def onnx_unet(exported):
+    return OnnxRuntimeUNet(exported.parent, torch.device("cpu"), torch.float32, {})
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_onnxruntime_matches_pytorch(torch_unet, onnx_unet, shape):
+    batch, frames, height, width = shape
+    inputs = example_inputs(torch_unet.model, batch, frames, height, width, seed=sum(shape))
+    inputs["TIMESTEP"] = torch.tensor([977])
+    expected = torch_unet.infer(inputs)["NOISE_PRED"]
+    got = onnx_unet.infer(inputs)["NOISE_PRED"]
+    assert got.shape == expected.shape == (batch, 4, frames, height, width)
+    assert got.dtype == torch.float32
+    relative = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert relative < 1e-4, relative
+
+
+def test_alternative_runtimes_declare_their_contracts():
+    for (name, runtime), cls in RUNTIME_CLASSES.items():
+        assert cls.contract is contracts.BY_NAME[name], runtime
+
+
+def test_runtime_parameter_selects_the_class(exported, tiny_checkpoint):
+    assert isinstance(load_component("unet", exported.parent, options={"runtime": "onnxruntime"}), OnnxRuntimeUNet)
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        load_component("unet", tiny_checkpoint, options={"runtime": "tensorrt"})
+
+
+def test_onnxruntime_without_a_graph_is_refused(tiny_checkpoint):
+    with pytest.raises(FileNotFoundError, match="--unet-runtime onnxruntime"):
+        load_component("unet", tiny_checkpoint, options={"runtime": "onnxruntime"})
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_repository(tiny_checkpoint, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("repository_onnxruntime") / "models"
+    return build_repository(tiny_checkpoint, output, ExportOptions(settings=TINY_SETTINGS, unet_runtime="onnxruntime"))
+
+
+def test_onnxruntime_repository_layout_and_config(onnxruntime_repository):
+    version = onnxruntime_repository / "unet" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.onnx.data", "model.py"]
+    config = parse(onnxruntime_repository / "unet" / "config.pbtxt")
+    assert_agrees(config, contracts.UNET)
+    assert config.backend == "python"
+    assert config.parameters["runtime"].string_value == "onnxruntime"
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    for contract in contracts.ALL_MODELS:  # the other models are untouched
+        assert_agrees(parse(onnxruntime_repository / contract.name / "config.pbtxt"), contract)
+
+
+def test_export_cli_writes_the_onnxruntime_unet(tmp_path):
+    from openspeedy.export.__main__ import main
+
+    main(["--tiny", "--output", str(tmp_path / "models"), "--unet-runtime", "onnxruntime"])
+    assert (tmp_path / "models" / "unet" / "1" / "model.onnx").exists()
+    assert not (tmp_path / "models" / "unet" / "1" / "unet").exists()
+    assert parse(tmp_path / "models" / "unet" / "config.pbtxt").parameters["runtime"].string_value == "onnxruntime"
+
+
+@pytest.fixture(scope="module")
+def triton_onnxruntime(onnxruntime_repository):
+    """A second real tritonserver, on the repository whose `unet` runs on onnxruntime."""
+    from openspeedy.server import ServerOptions, TritonServer
+
+    options = ServerOptions(onnxruntime_repository, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port())
+    log = Path("build/test-logs/triton_onnxruntime.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    server = TritonServer(options, log_path=log).start()
+    yield server
+    assert server.stop() == 0, f"tritonserver did not stop cleanly; see {log}"
+
+
+IMAGE = encode(random_image(120, 80, seed=7))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("request_options", [
+    dict(num_frames=8, height=64, width=64, guidance_scale=9.0),
+    dict(num_frames=5, height=96, width=40, guidance_scale=9.0),  # latent 12x5: not multiples of 8
+    dict(num_frames=3, height=64, width=96, guidance_scale=1.0),  # no CFG: UNet batch 1
+], ids=["cfg-64x64", "cfg-96x40", "nocfg-64x96"])
+def test_served_video_is_the_same_with_onnxruntime_and_pytorch(triton, triton_onnxruntime, request_options):
+    # Tolerance: one uint8 level. The two runtimes agree to ~1e-6 relative per UNet call (FP32,
+    # different kernels and summation orders); over the denoising steps that moves the decoded pixels
+    # by far less than a level, so a pixel can differ only where its value sits at a rounding boundary
+    # of the uint8 conversion, and then by exactly one level.
+    from openspeedy.client import Client
+
+    with Client(triton.grpc_url, "grpc") as torch_client, Client(triton_onnxruntime.grpc_url, "grpc") as ort_client:
+        expected = torch_client.generate(IMAGE, "a red boat", seed=3, num_inference_steps=4, **request_options).frames
+        got = ort_client.generate(IMAGE, "a red boat", seed=3, num_inference_steps=4, **request_options).frames
+    assert got.shape == expected.shape
+    difference = np.abs(got.astype(int) - expected.astype(int))
+    assert difference.max() <= 1, difference.max()
+    assert (difference > 0).mean() < 0.01
+    assert not math.isnan(float(got.mean()))
