@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from openspeedy.contracts import I2VGEN_XL
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+STREAM_MODEL = "i2vgen_xl_stream"
 
 # Keyword arguments of Client.generate -> contract input names.
 OPTIONAL_INPUTS = {
@@ -27,7 +29,25 @@ OPTIONAL_INPUTS = {
 
 
 class GenerationError(RuntimeError):
-    """The server refused or failed the request; the message is the server's."""
+    """The server refused or failed the request; the message is the server's. ``retryable`` is true
+    when the server was only too busy (its queue was full, or it is not ready): send it again later."""
+
+    def __init__(self, message: str, status: str | None = None):
+        self.status = status
+        self.retryable = bool(status) and any(s in status for s in ("UNAVAILABLE", "503")) or (
+            "Exceeds maximum queue size" in message
+        )
+        if self.retryable and "retry" not in message:
+            message = f"server busy, retry later: {message}"
+        super().__init__(message)
+
+
+def _error(error: Exception) -> GenerationError:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, InferenceServerException):
+        return GenerationError(error.message() or str(error), str(error.status() or ""))
+    return GenerationError(str(error))
 
 
 @dataclass
@@ -103,15 +123,12 @@ class Client:
             config = self._client.get_model_config(self.model)
         return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
 
-    def infer_arrays(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...] = ("VIDEO",)):
-        """A raw inference: contract-named input arrays in, the requested output arrays out."""
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+    def infer_arrays(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...] = ("VIDEO",), priority: int = 0):
+        """A raw inference: contract-named input arrays in, the requested output arrays out.
+        ``priority`` 1 is served before the default 2 when requests queue (0: the model's default)."""
+        from tritonclient.utils import InferenceServerException
 
-        inputs = []
-        for name, array in arrays.items():
-            infer_input = self._triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            infer_input.set_data_from_numpy(array)
-            inputs.append(infer_input)
+        inputs = self._inputs(arrays)
         if self.protocol == "grpc":
             requested = [self._triton.InferRequestedOutput(name) for name in outputs]
             kwargs = {"client_timeout": self.timeout_s} if self.timeout_s else {}
@@ -119,17 +136,80 @@ class Client:
             requested = [self._triton.InferRequestedOutput(name, binary_data=True) for name in outputs]
             kwargs = {}
         try:
-            result = self._client.infer(self.model, inputs, outputs=requested, **kwargs)
+            result = self._client.infer(self.model, inputs, outputs=requested, priority=priority, **kwargs)
         except InferenceServerException as error:
-            raise GenerationError(error.message() or str(error)) from None
+            raise _error(error) from None
         return {name: result.as_numpy(name) for name in outputs}
 
-    def generate(self, image: Any, prompt: str, *, frames: bool = True, mp4: bool = False, **options: Any) -> Video:
+    def _inputs(self, arrays: dict[str, np.ndarray]) -> list:
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = []
+        for name, array in arrays.items():
+            infer_input = self._triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        return inputs
+
+    def generate_stream(
+        self,
+        image: Any,
+        prompt: str,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        frames: bool = True,
+        mp4: bool = False,
+        cancel_after_step: int | None = None,
+        model: str = STREAM_MODEL,
+        **options: Any,
+    ) -> Video:
+        """Like ``generate`` through the streaming model (gRPC only): ``on_progress(done, total)`` after
+        each denoising step. ``cancel_after_step`` cancels the request once that step is reported (the
+        server stops within a step) and raises GenerationError with ``cancelled`` set."""
+        if self.protocol != "grpc":
+            raise ValueError("streaming needs gRPC: Triton answers decoupled models over HTTP with 501")
+        wanted = ["PROGRESS"] + [name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag]
+        events: queue.Queue = queue.Queue()
+        self._client.start_stream(callback=lambda result, error: events.put((result, error)),
+                                  stream_timeout=self.timeout_s)
+        try:
+            self._client.async_stream_infer(
+                model, self._inputs(request_arrays(image, prompt, **options)),
+                outputs=[self._triton.InferRequestedOutput(name) for name in wanted],
+                enable_empty_final_response=True,
+            )
+            while True:
+                result, error = events.get(timeout=self.timeout_s)
+                if error is not None:
+                    raise _error(error)
+                response = result.get_response()
+                final = response.parameters.get("triton_final_response")
+                progress = result.as_numpy("PROGRESS")
+                if progress is not None:
+                    done, total = (int(v) for v in progress)
+                    if on_progress is not None:
+                        on_progress(done, total)
+                    if cancel_after_step is not None and done >= cancel_after_step:
+                        self._client.stop_stream(cancel_requests=True)
+                        error = GenerationError(f"cancelled by the client after step {done}/{total}")
+                        error.cancelled = True
+                        raise error
+                elif result.as_numpy("VIDEO") is not None or result.as_numpy("VIDEO_MP4") is not None:
+                    video = result.as_numpy("VIDEO")
+                    encoded = result.as_numpy("VIDEO_MP4")
+                    return Video(frames=video, mp4=bytes(encoded[0]) if encoded is not None else None)
+                elif final is not None and final.bool_param:
+                    raise GenerationError("the stream ended without a video")
+        finally:
+            self._client.stop_stream()
+
+    def generate(self, image: Any, prompt: str, *, frames: bool = True, mp4: bool = False, priority: int = 0,
+                 **options: Any) -> Video:
         """Generates a video. ``image``: encoded bytes, a path or a PIL image; options: see OPTIONAL_INPUTS."""
         wanted = tuple(name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag)
         if not wanted:
             raise ValueError("ask for frames, mp4 or both")
-        result = self.infer_arrays(request_arrays(image, prompt, **options), wanted)
+        result = self.infer_arrays(request_arrays(image, prompt, **options), wanted, priority)
         return Video(
             frames=result.get("VIDEO"),
             mp4=bytes(result["VIDEO_MP4"][0]) if "VIDEO_MP4" in result else None,

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from openspeedy.client.api import Client, GenerationError
 
 
@@ -27,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--decode-chunk-size", type=int)
     parser.add_argument("--timeout", type=float, help="seconds to wait for the video")
+    parser.add_argument("--priority", type=int, default=0, help="1: before default requests (2) in the queue")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                        help="show a progress bar (gRPC streaming model); default: on over gRPC")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,11 +44,25 @@ def run(args: argparse.Namespace) -> int:
         for key in ("negative_prompt", "num_frames", "height", "width", "num_inference_steps",
                     "guidance_scale", "target_fps", "seed", "decode_chunk_size")
     }
+    stream = args.protocol == "grpc" if args.stream is None else args.stream
+    if stream and args.protocol != "grpc":
+        print("--stream needs --protocol grpc (Triton streams over gRPC only)", file=sys.stderr)
+        return 2
     started = time.monotonic()
+    wanted = dict(frames=suffix == ".gif", mp4=suffix == ".mp4")
     try:
         with Client(args.url, args.protocol, args.model, args.timeout) as client:
-            video = client.generate(args.image, args.prompt, frames=suffix == ".gif", mp4=suffix == ".mp4",
-                                    **options)
+            if stream:
+                with tqdm(desc="denoising", unit="step", file=sys.stderr) as bar:
+
+                    def progress(done: int, total: int) -> None:
+                        bar.total = total
+                        bar.update(done - bar.n)
+
+                    video = client.generate_stream(args.image, args.prompt, on_progress=progress, **wanted,
+                                                   **options)
+            else:
+                video = client.generate(args.image, args.prompt, priority=args.priority, **wanted, **options)
             fps = args.target_fps or int(client.model_parameters().get("default_target_fps", 16))
     except GenerationError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from openspeedy.export.tensorrt_engine import add_profile_arguments  # no torch: light at parse time
 
     add_profile_arguments(parser)
+    parser.add_argument("--warmup-shapes", default="",
+                        help="video sizes FRAMESxHEIGHTxWIDTH,... the UNet and decoder warm up for at load")
+    parser.add_argument("--unet-compile-mode", default="", choices=("", "default", "max-autotune", "reduce-overhead"),
+                        help="torch.compile the PyTorch UNet (GPU); empty: eager")
+    parser.add_argument("--max-queue-size", type=int, default=8,
+                        help="requests an entry model queues; more are refused at once with UNAVAILABLE")
     parser.add_argument("--no-cache", action="store_true", help="turn the encoding caches off")
     parser.add_argument("--cache-image-max-bytes", type=int, default=256 << 20)
     parser.add_argument("--cache-prompt-max-bytes", type=int, default=64 << 20)
@@ -35,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     # Imported here so that `openspeedy generate` never loads torch and diffusers.
     from openspeedy.cache import CacheSettings
+    from openspeedy.model_config import QueuePolicy
     from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
     from openspeedy.export.random_checkpoint import build_tiny_checkpoint
     from openspeedy.export.tensorrt_engine import profile_from_arguments, require_tensorrt

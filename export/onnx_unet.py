@@ -140,7 +140,8 @@ def export_unet(unet_directory: Path, path: Path) -> Path:
     The PyTorch model is released before the graph is re-saved, so the peak memory is about twice the
     FP32 weights, not three times."""
     path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as scratch:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # same disk: the raw export is as big
         raw = Path(scratch) / "raw.onnx"
         unet = I2VGenXLUNet.from_pretrained(unet_directory, dtype=torch.float32)
         trace_to_onnx(unet, raw)

@@ -15,7 +15,7 @@ from openspeedy.components import WEIGHT_FOLDERS
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
 from openspeedy.export import unet_runtime
 from openspeedy.export.tensorrt_engine import UNetProfile
-from openspeedy.model_config import InstanceGroup, render_config
+from openspeedy.model_config import InstanceGroup, QueuePolicy, render_config
 from openspeedy.request import RequestSettings
 
 # The adapters (model.py) live in the source tree's model_repository/, next to this package folder.
@@ -51,6 +51,9 @@ class ExportOptions:
     decode_tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
     settings: RequestSettings = field(default_factory=RequestSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    queue: QueuePolicy = field(default_factory=QueuePolicy)
+    warmup_shapes: str = ""  # "FRAMESxHEIGHTxWIDTH,...": compiled and measured at load, not at the first request
+    unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
     unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (export/unet_runtime.py)
     unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
 
@@ -80,6 +83,10 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
             configs[contract.name] = unet_runtime.unet_config(options, group)
             continue
         parameters = {"dtype": options.dtype}
+        if options.warmup_shapes and contract in (contracts.UNET, contracts.VAE_DECODER):
+            parameters["warmup_shapes"] = options.warmup_shapes
+        if contract is contracts.UNET and options.unet_compile_mode:
+            parameters["compile_mode"] = options.unet_compile_mode
         if contract is contracts.VAE_DECODER:
             parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
             parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
@@ -91,7 +98,9 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
     )
     for contract in contracts.ENTRY_MODELS:
         group = InstanceGroup(kind, options.entry_instances, options.gpus)
-        configs[contract.name] = render_config(contract, instance_group=group, parameters=entry_parameters)
+        configs[contract.name] = render_config(
+            contract, instance_group=group, parameters=entry_parameters, queue=options.queue
+        )
     return configs
 
 
@@ -123,6 +132,8 @@ def build_repository(
     for name, config in model_configs(options, vae_config["scaling_factor"]).items():
         version = output / name / "1"
         version.mkdir(parents=True, exist_ok=True)
+        if name == contracts.UNET.name:
+            unet_runtime.remove_runtime_files(version)  # switching runtimes leaves nothing stale
         if name == contracts.UNET.name and options.unet_runtime != "torch":
             unet_runtime.write_unet(checkpoint, output / name, options, source_repository)  # ONNX graph or engine
         else:

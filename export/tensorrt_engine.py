@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_trtexec:
         print(trtexec_command(args.onnx, args.plan, graph_dims(args.onnx), profile, args.precision))
         return
-    print(build_engine(args.onnx, args.plan, profile, args.precision))
+    try:
+        print(build_engine(args.onnx, args.plan, profile, args.precision))
+    except (RuntimeError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

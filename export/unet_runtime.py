@@ -54,17 +54,23 @@ def onnx_directory(output: Path) -> Path:
     return output.parent / f"{output.name}_unet_onnx"
 
 
-def write_unet(checkpoint: Path, model_directory: Path, options: "ExportOptions", source_repository: Path) -> None:
-    """Fills ``model_directory/1`` for the onnxruntime or tensorrt runtime, removing other runtimes' files."""
-    from openspeedy.export.onnx_unet import export_unet  # torch and diffusers only where a graph is made
-
-    version = model_directory / "1"
+def remove_runtime_files(version: Path) -> None:
+    """Empties a `unet` version folder of every runtime's files, so a re-export that switches the
+    runtime leaves nothing stale (a 3 GB engine or ONNX graph that nothing loads)."""
     for stale in (version / "unet", version / "model.py", version / ONNX_FILE, version / (ONNX_FILE + ".data"),
                   version / PLAN_FILE):
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
             stale.unlink(missing_ok=True)
+
+
+def write_unet(checkpoint: Path, model_directory: Path, options: "ExportOptions", source_repository: Path) -> None:
+    """Fills ``model_directory/1`` for the onnxruntime or tensorrt runtime."""
+    from openspeedy.export.onnx_unet import export_unet  # torch and diffusers only where a graph is made
+
+    version = model_directory / "1"
+    remove_runtime_files(version)
     if options.unet_runtime == "onnxruntime":
         export_unet(checkpoint / "unet", version / ONNX_FILE)
         shutil.copy2(source_repository / "unet" / "1" / "model.py", version / "model.py")

@@ -7,6 +7,7 @@ the contract's tensor names; outputs are torch tensors on the component's device
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -130,6 +131,32 @@ class UNet:
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
+        self.eager_model = self.model
+        compile_mode = options.get("compile_mode", "")
+        if compile_mode:
+            if options.get("compile_cache_dir"):
+                # Inductor's on-disk caches make a restart reuse the kernels compiled before it.
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options["compile_cache_dir"])
+            # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs
+            # ("reduce-overhead") need them.
+            self.model = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode,
+                                       dynamic=False)
+        for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
+            self.infer(self.example_inputs(frames, height, width))
+
+    def example_inputs(self, frames: int, height: int, width: int, batch: int = 2) -> dict[str, torch.Tensor]:
+        """Random inputs of one CFG call at a video size (warm-up, benchmarks, export)."""
+        config = self.eager_model.config
+        latent = (batch, config.in_channels, frames, height // 8, width // 8)
+        width_ = config.cross_attention_dim
+        return {
+            "SAMPLE": torch.randn(latent, device=self.device),
+            "TIMESTEP": torch.tensor([999], device=self.device),
+            "ENCODER_HIDDEN_STATES": torch.randn(batch, 77, width_, device=self.device),
+            "FPS": torch.full((batch,), 16, device=self.device),
+            "IMAGE_LATENTS": torch.randn(latent, device=self.device),
+            "IMAGE_EMBEDDINGS": torch.randn(batch, 1, width_, device=self.device),
+        }
 
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -161,12 +188,25 @@ class VaeDecoder:
             memory_budget_bytes=int(options.get("memory_budget_bytes", DEFAULT_MEMORY_BUDGET_BYTES)),
             tile_above_pixels=int(options.get("tile_above_pixels", DEFAULT_TILE_ABOVE_PIXELS)),
         )
+        channels = self.decoder.vae.config.latent_channels
+        for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
+            # Measures the decode cost at this size (the automatic chunk) and warms the kernels.
+            self.decoder.decode(torch.randn(frames, channels, height // 8, width // 8), chunk_size=0)
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         chunk = int(inputs["DECODE_CHUNK_SIZE"][0])
         if chunk < 0:
             raise ValueError(f"DECODE_CHUNK_SIZE must be >= 0, got {chunk}")
         return {"FRAMES": self.decoder.decode(inputs["LATENTS"], chunk)}
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """ "16x512x512,24x768x768" -> [(16, 512, 512), (24, 768, 768)]: video sizes to warm up for."""
+    shapes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        frames, height, width = (int(n) for n in item.lower().split("x"))
+        shapes.append((frames, height, width))
+    return shapes
 
 
 COMPONENT_CLASSES: dict[str, type] = {

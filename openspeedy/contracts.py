@@ -137,9 +137,14 @@ _ENTRY_INPUTS = (
 _VIDEO = TensorSpec("VIDEO", "UINT8", (-1, -1, -1, 3), description="[F, H, W, 3] RGB frames")
 _VIDEO_MP4 = TensorSpec("VIDEO_MP4", "BYTES", (1,), description="H.264 MP4, computed only when requested")
 
+_PROGRESS = TensorSpec("PROGRESS", "INT32", (2,), description="(steps done, total steps), one response per step")
+
 I2VGEN_XL = ModelContract(name="i2vgen_xl", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4))
+I2VGEN_XL_STREAM = ModelContract(
+    name="i2vgen_xl_stream", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4, _PROGRESS), decoupled=True
+)
 
 COMPONENTS = (TEXT_ENCODER, IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
-ENTRY_MODELS = (I2VGEN_XL,)
+ENTRY_MODELS = (I2VGEN_XL, I2VGEN_XL_STREAM)
 ALL_MODELS = ENTRY_MODELS + COMPONENTS
 BY_NAME = {contract.name: contract for contract in ALL_MODELS}

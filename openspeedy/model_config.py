@@ -15,6 +15,17 @@ class InstanceGroup:
     gpus: Sequence[int] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Admission control for an entry model: a bounded queue, so overload is refused at once with
+    UNAVAILABLE ("Exceeds maximum queue size") instead of waiting without end. Triton keeps its queue in
+    the dynamic batcher, which also serves models of max_batch_size 0 (one request per execution)."""
+
+    max_queue_size: int = 8
+    priority_levels: int = 2  # clients may send priority 1 (high) or 2 (default)
+    default_timeout_us: int = 0  # 0: a queued request waits until served
+
+
 def _tensor(spec: TensorSpec, is_input: bool) -> str:
     dims = ", ".join(str(d) for d in spec.dims)
     optional = " optional: true" if is_input and spec.optional else ""
@@ -29,6 +40,7 @@ def render_config(
     backend: str = "python",
     instance_group: InstanceGroup = InstanceGroup(),
     parameters: Mapping[str, str] | None = None,
+    queue: QueuePolicy | None = None,
 ) -> str:
     lines = [
         f'name: "{contract.name}"',
@@ -43,6 +55,13 @@ def render_config(
     ]
     if contract.decoupled:
         lines.append("model_transaction_policy { decoupled: true }")
+    if queue is not None:
+        lines.append(
+            "dynamic_batching { "
+            f"priority_levels: {queue.priority_levels} default_priority_level: {queue.priority_levels} "
+            f"default_queue_policy {{ max_queue_size: {queue.max_queue_size} "
+            f"default_timeout_microseconds: {queue.default_timeout_us} allow_timeout_override: true }} }}"
+        )
     gpus = f" gpus: [ {', '.join(str(g) for g in instance_group.gpus)} ]" if instance_group.gpus else ""
     lines.append(f"instance_group [ {{ kind: {instance_group.kind} count: {instance_group.count}{gpus} }} ]")
     all_parameters = dict(parameters or {})

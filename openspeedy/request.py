@@ -42,6 +42,7 @@ class RequestSettings:
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
     max_prompt_bytes: int = 16 * 1024
+    max_request_seconds: float = 0.0  # a generation running longer is stopped with an error; 0: no limit
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> "RequestSettings":

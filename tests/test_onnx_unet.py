@@ -226,5 +226,5 @@ def test_served_video_is_the_same_with_onnxruntime_and_pytorch(triton, triton_on
     assert got.shape == expected.shape
     difference = np.abs(got.astype(int) - expected.astype(int))
     assert difference.max() <= 1, difference.max()
-    assert (difference > 0).mean() < 0.01
+    assert (difference > 0).mean() < 0.001  # measured in process: at most 0.005 % of the values
     assert not math.isnan(float(got.mean()))

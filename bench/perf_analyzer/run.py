@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import socket
 import struct
@@ -115,8 +116,8 @@ def perf_analyzer_environment() -> tuple[Path, dict[str, str]]:
 # ----------------------------------------------------------------------------------------------- input data
 
 
-def make_png(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
-    """A deterministic PNG: a colour gradient with a little noise (no files needed)."""
+def make_png(width: int = 48, height: int = 32, seed: int = 0) -> bytes:
+    """A deterministic PNG per seed: a colour gradient with noise (no files needed)."""
     import numpy as np
     import PIL.Image
 
@@ -135,7 +136,8 @@ def serialized_bytes(*elements: bytes) -> bytes:
 
 
 def input_data(
-    image: bytes,
+    entries: int = 1,
+    salt: int = 0,
     prompt: str = "a red fox running through snow",
     negative_prompt: str = "",
     num_frames: int = 2,
@@ -147,30 +149,41 @@ def input_data(
     seed: int = 1,
     decode_chunk_size: int = 0,
 ) -> dict[str, Any]:
-    """perf_analyzer ``--input-data`` content: one request carrying every input of the contract."""
-    return {
-        "data": [
-            {
-                "IMAGE": {"b64": base64.b64encode(serialized_bytes(image)).decode("ascii")},
-                "PROMPT": [prompt],
-                "NEGATIVE_PROMPT": [negative_prompt],
-                "NUM_FRAMES": [num_frames],
-                "HEIGHT": [height],
-                "WIDTH": [width],
-                "NUM_INFERENCE_STEPS": [num_inference_steps],
-                "GUIDANCE_SCALE": [guidance_scale],
-                "TARGET_FPS": [target_fps],
-                "SEED": [seed],
-                "DECODE_CHUNK_SIZE": [decode_chunk_size],
-            }
-        ]
-    }
+    """perf_analyzer ``--input-data`` content: ``entries`` requests carrying every input of the contract.
+
+    With several entries each has its own image and prompt (numbered from ``salt``), so that the
+    server's latent and prompt caches miss and every composing model runs in every measurement window
+    (perf_analyzer 2.51 fails a window with "failed to find the requested model version" when a model
+    named in --bls-composing-models was not called during it). perf_analyzer walks the entries in order.
+    """
+    data = []
+    for index in range(entries):
+        number = salt + index
+        data.append({
+            "IMAGE": {"b64": base64.b64encode(serialized_bytes(make_png(seed=number))).decode("ascii")},
+            "PROMPT": [prompt if entries == 1 else f"{prompt} #{number}"],
+            "NEGATIVE_PROMPT": [negative_prompt],
+            "NUM_FRAMES": [num_frames],
+            "HEIGHT": [height],
+            "WIDTH": [width],
+            "NUM_INFERENCE_STEPS": [num_inference_steps],
+            "GUIDANCE_SCALE": [guidance_scale],
+            "TARGET_FPS": [target_fps],
+            "SEED": [seed],
+            "DECODE_CHUNK_SIZE": [decode_chunk_size],
+        })
+    return {"data": data}
 
 
-def write_input_data(path: Path, **settings: Any) -> Path:
+def write_input_data(path: Path, entries: int = 1, salt: int = 0, **settings: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(input_data(make_png(), **settings), indent=1))
+    path.write_text(json.dumps(input_data(entries, salt, **settings)))
     return path
+
+
+def entries_needed(concurrency: int, measurement_request_count: int, max_trials: int) -> int:
+    """Distinct requests that outlast one perf_analyzer run: (trials + warm-up) windows of N or c requests."""
+    return (max_trials + 2) * (max(measurement_request_count, concurrency) + concurrency)
 
 
 # ----------------------------------------------------------------------------------------------- running it
@@ -386,6 +399,7 @@ def _ms(value: Any) -> str:
 
 def markdown_report(report: dict[str, Any]) -> str:
     settings = report["settings"]
+    composing = report.get("composing_models", COMPOSING_MODELS)
     lines = [
         f"# perf_analyzer: {report['name']}",
         "",
@@ -396,19 +410,19 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{settings['num_inference_steps']} steps, guidance {settings['guidance_scale']}, "
         f"seed {settings['seed']} (repository: {report['repository']})",
         f"- windows: count_windows of {settings['measurement_request_count']} requests, "
-        f"stability {settings['stability_percentage']}%",
+        f"stability {settings['stability_percentage']}%; {settings.get('path', '')}",
         "",
         "| protocol | concurrency | infer/s | avg ms | p50 ms | p90 ms | p99 ms | server queue ms | "
-        + " | ".join(f"{m} ms" for m in COMPOSING_MODELS) + " |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(COMPOSING_MODELS),
+        + " | ".join(f"{m} ms" for m in composing) + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(composing),
     ]
     for run in report["runs"]:
         if "error" in run and not run.get("csv"):
             lines.append(f"| {run['protocol']} | {run['concurrency']} | error: {run['error'][:120]} |")
             continue
         row = run.get("csv", {})
-        composing = run.get("composing", {})
-        per_model = " | ".join(_ms(composing.get(m, {}).get("avg_request_latency_us")) for m in COMPOSING_MODELS)
+        per_call = run.get("composing", {})
+        per_model = " | ".join(_ms(per_call.get(m, {}).get("avg_request_latency_us")) for m in composing)
         lines.append(
             f"| {run['protocol']} | {run['concurrency']} | {row.get('Inferences/Second', 0):.3f} | "
             f"{_ms(row.get('Avg latency'))} | {_ms(row.get('p50 latency'))} | {_ms(row.get('p90 latency'))} | "
@@ -442,17 +456,28 @@ def run_sweep(
     settings: dict[str, Any],
     measurement_request_count: int = 3,
     stability_percentage: float = 100.0,
+    max_trials: int = 10,
+    cache_hits: bool = False,
     timeout_s: float = 600.0,
     log=print,
 ) -> dict[str, Any]:
-    """Every protocol x concurrency; ``urls`` has "grpc" and "http". Returns the report (not yet written)."""
+    """Every protocol x concurrency; ``urls`` has "grpc" and "http". Returns the report (not yet written).
+
+    By default every request of every run is new to the server (its own image and prompt), so the
+    encoders run each time: the cache-miss path. ``cache_hits``: one request repeated, the path of one
+    image tried again and again; the per-model report is then limited to the models that always run.
+    """
     binary, env = perf_analyzer_environment()
     work_dir.mkdir(parents=True, exist_ok=True)
-    input_path = write_input_data(work_dir / "input_data.json", **settings)
+    composing = ("unet", "vae_decoder") if cache_hits else COMPOSING_MODELS
+    salt = secrets.randbelow(2**30)  # requests new to this server even after earlier runs on it
     report: dict[str, Any] = {
         "perf_analyzer": perf_analyzer_version(binary, env),
         "settings": dict(settings, measurement_request_count=measurement_request_count,
-                         stability_percentage=stability_percentage),
+                         stability_percentage=stability_percentage, max_trials=max_trials,
+                         path="cache hits (one request repeated)" if cache_hits else
+                         "cache misses (every request has a new image and prompt)"),
+        "composing_models": list(composing),
         "runs": [],
         "skipped": [],
     }
@@ -466,9 +491,15 @@ def run_sweep(
             continue
         for concurrency in concurrencies:
             log(f"perf_analyzer {protocol} concurrency {concurrency} ...")
+            entries = 1 if cache_hits else entries_needed(concurrency, measurement_request_count, max_trials)
+            input_path = write_input_data(work_dir / f"{protocol}-c{concurrency}-input.json", entries, salt,
+                                          **settings)
+            salt += entries
             record = run_one(binary, env, protocol, url, input_path, concurrency, work_dir, timeout_s=timeout_s,
                              measurement_request_count=measurement_request_count,
-                             stability_percentage=stability_percentage)
+                             stability_percentage=stability_percentage, max_trials=max_trials,
+                             composing_models=composing)
+            record["distinct_requests"] = entries
             if "error" in record:
                 log(f"  error: {record['error']}")
             else:
@@ -511,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measurement-request-count", type=int, default=3)
     parser.add_argument("--stability-percentage", type=float, default=100.0,
                         help="perf_analyzer -s; shared CPU machines need a loose one")
+    parser.add_argument("--max-trials", type=int, default=10, help="perf_analyzer -r")
+    parser.add_argument("--cache-hits", action="store_true",
+                        help="repeat one request (the latent/prompt cache path) instead of new ones each time")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per perf_analyzer run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--name", default="perf_analyzer_tiny_cpu", help="result file stem")
@@ -561,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                 urls = {"grpc": server.grpc_url, "http": server.http_url}
             report = run_sweep(urls, protocols, concurrencies, work_dir, settings,
                                measurement_request_count=args.measurement_request_count,
-                               stability_percentage=args.stability_percentage, timeout_s=args.timeout)
+                               stability_percentage=args.stability_percentage, max_trials=args.max_trials,
+                               cache_hits=args.cache_hits, timeout_s=args.timeout)
         finally:
             if server is not None:
                 server.stop()

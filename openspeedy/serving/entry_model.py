@@ -1,16 +1,22 @@
-"""Triton model ``i2vgen_xl``: validates the public request, runs the pipeline over BLS, answers the video."""
+"""Triton models ``i2vgen_xl`` and ``i2vgen_xl_stream``: validate the public request, run the pipeline
+over BLS, answer the video. The stream model (decoupled, gRPC) also sends one PROGRESS response per step.
+A cancelled request, a disconnected client or the per-request time limit stops the denoising within one
+step; the server keeps serving whatever a request does."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
+from openspeedy.serving.metrics import ServingMetrics, TritonCacheMetrics
 from openspeedy.serving.triton_io import (
     bls_call,
     error_response,
@@ -20,36 +26,102 @@ from openspeedy.serving.triton_io import (
     read_inputs,
     to_triton,
 )
-from openspeedy.serving.metrics import TritonCacheMetrics
 from openspeedy.video import encode_mp4
+
+
+class GenerationStopped(RuntimeError):
+    """The request was cancelled or ran past its time limit; ``code`` is the Triton error code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 class EntryModel:
     def initialize(self, args):
         parameters = model_parameters(args)
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.model_name = args["model_name"]
+        self.device = instance_device(args)
         self.settings = RequestSettings.from_parameters(parameters)
         scheduler_config = json.loads((version_dir / "scheduler" / "scheduler_config.json").read_text())
+        # Metric families are attributes: a family that goes out of scope is deleted with its metrics.
         self.cache_metrics = TritonCacheMetrics()
+        self.metrics = ServingMetrics(self.model_name)
         caches = EncodingCaches(CacheSettings.from_parameters(parameters), self.cache_metrics)
         self.pipeline = I2VGenXL(
-            bls_call, scheduler_config, float(parameters["vae_scaling_factor"]), instance_device(args), caches
+            bls_call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches
         )
 
     def execute(self, requests):
-        return [self._answer(request) for request in requests]
+        responses = []
+        for request in requests:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=self.generate(request)))
+            except Exception as error:  # noqa: BLE001 - every failure becomes this request's error
+                responses.append(self.failure(error))
+        return responses
 
-    def _answer(self, request):
-        try:
-            generation = parse_request(read_inputs(request, I2VGEN_XL, as_numpy=True), self.settings)
-            video = self.pipeline.generate(generation)
-            wanted = set(request.requested_output_names()) or {"VIDEO", "VIDEO_MP4"}
-            outputs = []
-            if "VIDEO" in wanted:
-                outputs.append(to_triton("VIDEO", video))
-            if "VIDEO_MP4" in wanted:
-                mp4 = encode_mp4(video.cpu().numpy(), fps=generation.target_fps)
-                outputs.append(to_triton("VIDEO_MP4", np.array([mp4], dtype=np.object_)))
-            return pb_utils.InferenceResponse(output_tensors=outputs)
-        except Exception as error:  # noqa: BLE001 - every failure becomes this request's error
-            return error_response(error)
+    def generate(self, request, on_progress=None) -> list:
+        """Runs one request to its output tensors; ``on_progress(done, total)`` after each step."""
+        generation = parse_request(read_inputs(request, I2VGEN_XL, as_numpy=True), self.settings)
+        limit = self.settings.max_request_seconds
+        started = last_step = time.monotonic()
+
+        def on_step(done: int, total: int) -> None:
+            nonlocal last_step
+            now = time.monotonic()
+            self.metrics.step_seconds.observe(now - last_step)
+            last_step = now
+            if request.is_cancelled():
+                pb_utils.Logger.log_info(f"{self.model_name}: request cancelled after step {done}/{total}; stopped")
+                raise GenerationStopped(f"request cancelled after step {done}/{total}", _code("CANCELLED"))
+            if limit and now - started > limit:
+                raise GenerationStopped(
+                    f"request ran past its limit of {limit:g} s after step {done}/{total}", _code("UNAVAILABLE")
+                )
+            if on_progress is not None:
+                on_progress(done, total)
+
+        with self.metrics.in_flight():
+            video = self.pipeline.generate(generation, on_step)
+        self.metrics.frames.increment(int(video.shape[0]))
+        wanted = set(request.requested_output_names()) or {"VIDEO", "VIDEO_MP4"}
+        outputs = []
+        if "VIDEO" in wanted:
+            outputs.append(to_triton("VIDEO", video))
+        if "VIDEO_MP4" in wanted:
+            mp4 = encode_mp4(video.cpu().numpy(), fps=generation.target_fps)
+            outputs.append(to_triton("VIDEO_MP4", np.array([mp4], dtype=np.object_)))
+        return outputs
+
+    def failure(self, error: Exception):
+        """The error response for ``error``, after giving back the device memory the request held."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if isinstance(error, GenerationStopped):
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), error.code))
+        return error_response(error)
+
+
+class StreamEntryModel(EntryModel):
+    """Decoupled: PROGRESS (steps done, total) after every step, then the video in the final response."""
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def progress(done: int, total: int) -> None:
+                tensor = pb_utils.Tensor("PROGRESS", np.array([done, total], dtype=np.int32))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]))
+
+            try:
+                response = pb_utils.InferenceResponse(output_tensors=self.generate(request, progress))
+            except Exception as error:  # noqa: BLE001 - every failure becomes this request's error
+                response = self.failure(error)
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+
+def _code(name: str) -> int:
+    return getattr(pb_utils.TritonError, name, pb_utils.TritonError.UNKNOWN)

@@ -4,6 +4,8 @@ deleted by the backend, and its metrics then fail (ENVIRONMENT.md)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from openspeedy.serving.triton_io import pb_utils
 
 
@@ -45,3 +47,33 @@ class TritonCacheMetrics:
 
     def backend_error(self, cache: str) -> None:
         self._metric("backend_error", cache).increment(1)
+
+
+class ServingMetrics:
+    """Requests in flight, denoising step latency and frames generated, labelled by entry model."""
+
+    STEP_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+    def __init__(self, model: str):
+        labels = {"model": model}
+        self.in_flight_family = pb_utils.MetricFamily(
+            "openspeedy_requests_in_flight", "Generation requests being worked on", pb_utils.MetricFamily.GAUGE
+        )
+        self.step_family = pb_utils.MetricFamily(
+            "openspeedy_denoising_step_seconds", "Wall time of one denoising step (UNet call + scheduler step)",
+            pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self.frames_family = pb_utils.MetricFamily(
+            "openspeedy_frames_generated_total", "Video frames returned to clients", pb_utils.MetricFamily.COUNTER
+        )
+        self.in_flight_gauge = self.in_flight_family.Metric(labels=labels)
+        self.step_seconds = self.step_family.Metric(labels=labels, buckets=self.STEP_BUCKETS)
+        self.frames = self.frames_family.Metric(labels=labels)
+
+    @contextmanager
+    def in_flight(self):
+        self.in_flight_gauge.increment(1)
+        try:
+            yield
+        finally:
+            self.in_flight_gauge.increment(-1)
