@@ -117,53 +117,72 @@ def bench_unet(unet, text_width: int, frames=16, height=512, width=512) -> dict:
                 eager_tflops=flops / seconds / 1e12, peak_bytes=peak)
 
 
-def bench_end_to_end(checkpoint: Path, components, steps: int) -> dict:
-    from diffusers import I2VGenXLPipeline
+def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 512):
+    """The benchmark's request: a random 768x512 image cropped to the video size, seed 7."""
+    import io
+
     from PIL import Image
 
     from openspeedy.request import RequestSettings, parse_request
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8))
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    request = parse_request(
+    return parse_request(
         {
             "IMAGE": np.array([buffer.getvalue()], dtype=object),
             "PROMPT": np.array([b"a lighthouse by the sea"], dtype=object),
-            "NUM_FRAMES": np.array([16], np.int32),
-            "HEIGHT": np.array([512], np.int32),
-            "WIDTH": np.array([512], np.int32),
+            "NUM_FRAMES": np.array([frames], np.int32),
+            "HEIGHT": np.array([height], np.int32),
+            "WIDTH": np.array([width], np.int32),
             "NUM_INFERENCE_STEPS": np.array([steps], np.int32),
             "SEED": np.array([7], np.int64),
             "DECODE_CHUNK_SIZE": np.array([0], np.int32),
         },
         RequestSettings(),
     )
-    scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
-    ours = I2VGenXL(LocalModels(components), scheduler, 0.18125, DEVICE)
-    seconds, peak, video = timed(lambda: ours.generate(request), repeats=2)
-    ours_frames = video.cpu().numpy()
 
-    dtype = components["unet"].dtype
+
+def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2):
+    """Seconds, peak bytes and uint8 frames of OpenSpeedy's pipeline, in process."""
+    scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
+    pipeline = I2VGenXL(LocalModels(components), scheduler, 0.18125, DEVICE)
+    seconds, peak, video = timed(lambda: pipeline.generate(request), repeats=repeats)
+    return seconds, peak, video.cpu().numpy()
+
+
+def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 2):
+    """Seconds, peak bytes and uint8 frames of diffusers' I2VGenXLPipeline (eager, SDPA), same seed."""
+    from diffusers import I2VGenXLPipeline
+
     reference = I2VGenXLPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(DEVICE)
     object.__setattr__(reference.text_encoder, "text_model", reference.text_encoder)
     reference.set_progress_bar_config(disable=True)
 
-    def run_reference():
+    def run():
         torch.manual_seed(posterior_seed(request.seed))
-        return reference(prompt=request.prompt, image=request.image, height=512, width=512, num_frames=16,
-                         num_inference_steps=steps, generator=torch.Generator().manual_seed(request.seed),
-                         output_type="np").frames[0]
+        return reference(prompt=request.prompt, image=request.image, height=request.height, width=request.width,
+                         num_frames=request.num_frames, num_inference_steps=request.num_inference_steps,
+                         generator=torch.Generator().manual_seed(request.seed), output_type="np").frames[0]
 
-    ref_seconds, ref_peak, ref_video = timed(run_reference, repeats=2)
-    ref_frames = (ref_video * 255).round().astype(np.uint8)
-    difference = np.abs(ours_frames.astype(np.float64) - ref_frames.astype(np.float64))
+    seconds, peak, video = timed(run, repeats=repeats)
+    del reference
+    torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
+    return seconds, peak, (video * 255).round().astype(np.uint8)
+
+
+def difference(ours: np.ndarray, reference: np.ndarray) -> dict:
+    delta = ours.astype(np.float64) - reference.astype(np.float64)
+    return dict(relative_l2=float(np.linalg.norm(delta) / np.linalg.norm(reference.astype(np.float64))),
+                max_abs_uint8=float(np.abs(delta).max()))
+
+
+def bench_end_to_end(checkpoint: Path, components, steps: int) -> dict:
+    request = video_request(steps)
+    seconds, peak, ours = run_openspeedy(checkpoint, components, request)
+    ref_seconds, ref_peak, theirs = run_reference(checkpoint, components["unet"].dtype, request)
     return dict(frames=16, height=512, width=512, steps=steps, openspeedy_s=seconds, openspeedy_peak_bytes=peak,
-                reference_s=ref_seconds, reference_peak_bytes=ref_peak,
-                relative_l2_vs_reference=float(np.linalg.norm(difference) / np.linalg.norm(ref_frames)),
-                max_abs_uint8_vs_reference=float(difference.max()))
+                reference_s=ref_seconds, reference_peak_bytes=ref_peak, **difference(ours, theirs))
 
 
 def main() -> None:

@@ -180,13 +180,18 @@ def test_onnxruntime_repository_layout_and_config(onnxruntime_repository):
         assert_agrees(parse(onnxruntime_repository / contract.name / "config.pbtxt"), contract)
 
 
-def test_export_cli_writes_the_onnxruntime_unet(tmp_path):
+def test_export_cli_switches_the_unet_runtime(tmp_path):
     from openspeedy.export.__main__ import main
 
+    version = tmp_path / "models" / "unet" / "1"
+    main(["--tiny", "--output", str(tmp_path / "models")])
+    assert (version / "unet").is_dir() and not (version / "model.onnx").exists()
     main(["--tiny", "--output", str(tmp_path / "models"), "--unet-runtime", "onnxruntime"])
-    assert (tmp_path / "models" / "unet" / "1" / "model.onnx").exists()
-    assert not (tmp_path / "models" / "unet" / "1" / "unet").exists()
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.onnx.data", "model.py"]
     assert parse(tmp_path / "models" / "unet" / "config.pbtxt").parameters["runtime"].string_value == "onnxruntime"
+    main(["--tiny", "--output", str(tmp_path / "models"), "--unet-runtime", "torch"])  # and back: nothing stale
+    assert sorted(p.name for p in version.iterdir()) == ["model.py", "unet"]
+    assert "runtime" not in parse(tmp_path / "models" / "unet" / "config.pbtxt").parameters
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,116 @@
+"""The PyTorch UNet runtime's variants on the GPU, full-size architecture with RANDOM fp16 weights:
+eager, fused QKV, torch.compile (default, max-autotune-no-cudagraphs, reduce-overhead = CUDA graphs), FP8
+linears; ms per CFG call at 16 frames 512x512, achieved TFLOP/s (FLOPs counted), error against eager;
+then whole 50-step videos with the chosen variants next to diffusers' eager pipeline.
+
+Usage: python bench/unet_speed.py --out DIR --variants eager,fused,compile,... --end-to-end compile,fp8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpu_bench import DEVICE, difference, run_openspeedy, run_reference, timed, video_request  # noqa: E402
+
+from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
+from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
+
+VARIANTS = {
+    "eager": {},
+    "fused": {"fuse_qkv": "true"},
+    "compile": {"fuse_qkv": "true", "compile_mode": "default"},
+    "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
+    "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
+    "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},
+    "fp8-eager": {"fuse_qkv": "true", "fp8": "true"},
+}
+
+
+def measure(checkpoint: Path, name: str, reference_out: torch.Tensor | None, inputs) -> tuple[dict, object]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    started = time.perf_counter()
+    unet = load_component("unet", checkpoint, DEVICE, "float16", VARIANTS[name])
+    unet.infer(inputs)  # compiles, where the variant compiles
+    torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - started
+    seconds, peak, out = timed(lambda: unet.infer(inputs)["NOISE_PRED"], repeats=10, warmup=2)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet.eager_model(inputs["SAMPLE"].half(), inputs["TIMESTEP"], fps=inputs["FPS"],
+                         image_latents=inputs["IMAGE_LATENTS"].half(), image_embeddings=inputs["IMAGE_EMBEDDINGS"].half(),
+                         encoder_hidden_states=inputs["ENCODER_HIDDEN_STATES"].half())
+    flops = counter.get_total_flops()
+    row = dict(variant=name, options=VARIANTS[name], ms=seconds * 1e3, tflops=flops / seconds / 1e12, flops=flops,
+               load_and_first_call_s=first_call_s, peak_bytes=peak)
+    if reference_out is not None:
+        row["relative_error_vs_eager"] = float((out - reference_out).float().norm() / reference_out.float().norm())
+    print(row, flush=True)
+    return row, (unet, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/i2vgen_xl_full_random"))
+    parser.add_argument("--variants", default="eager,fused,compile")
+    parser.add_argument("--end-to-end", default="", help="variants to run whole videos with, next to diffusers")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (args.checkpoint / "model_index.json").exists():
+        with torch.device(DEVICE):
+            build_checkpoint(args.checkpoint, FULL_SIZE, dtype=torch.float16)
+
+    torch.manual_seed(0)
+    eager = load_component("unet", args.checkpoint, DEVICE, "float16")
+    inputs = eager.example_inputs(16, 512, 512)
+    inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
+    baseline = eager.infer(inputs)["NOISE_PRED"]
+    del eager
+    results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+                   note="full-size I2VGen-XL UNet, RANDOM fp16 weights; one CFG call (batch 2), 16 frames 512x512",
+                   variants=[], end_to_end=[])
+    keep = {}
+    wanted_e2e = [v for v in args.end_to_end.split(",") if v]
+    for name in [v for v in args.variants.split(",") if v]:
+        try:
+            row, (unet, _) = measure(args.checkpoint, name, baseline, inputs)
+            results["variants"].append(row)
+            if name in wanted_e2e:
+                keep[name] = unet
+            else:
+                del unet
+        except Exception as error:  # noqa: BLE001 - a failed variant is a result
+            results["variants"].append(dict(variant=name, error=f"{type(error).__name__}: {error}"[:400]))
+            print(results["variants"][-1], flush=True)
+        torch.cuda.empty_cache()
+        (args.out / "unet_speed.json").write_text(json.dumps(results, indent=2))
+
+    if wanted_e2e:
+        request = video_request(args.steps)
+        components = {n: load_component(n, args.checkpoint, DEVICE, "float16") for n in WEIGHT_FOLDERS if n != "unet"}
+        ref_s, ref_peak, theirs = run_reference(args.checkpoint, torch.float16, request)
+        results["reference"] = dict(seconds=ref_s, peak_bytes=ref_peak, steps=args.steps)
+        print(results["reference"], flush=True)
+        for name in wanted_e2e:
+            if name not in keep:
+                continue
+            seconds, peak, ours = run_openspeedy(args.checkpoint, components | {"unet": keep[name]}, request)
+            row = dict(variant=name, seconds=seconds, peak_bytes=peak, speedup=ref_s / seconds, **difference(ours, theirs))
+            results["end_to_end"].append(row)
+            print(row, flush=True)
+            (args.out / "unet_speed.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
