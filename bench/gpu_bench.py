@@ -144,11 +144,16 @@ def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 
 
 
 def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2):
-    """Seconds, peak bytes and uint8 frames of OpenSpeedy's pipeline, in process."""
+    """Seconds, peak bytes, uint8 frames and final latents of OpenSpeedy's pipeline, in process."""
     scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
     pipeline = I2VGenXL(LocalModels(components), scheduler, 0.18125, DEVICE)
-    seconds, peak, video = timed(lambda: pipeline.generate(request), repeats=repeats)
-    return seconds, peak, video.cpu().numpy()
+
+    def run():
+        latents = pipeline.denoise(request)
+        return pipeline.decode(latents, request.decode_chunk_size), latents
+
+    seconds, peak, (video, latents) = timed(run, repeats=repeats)
+    return seconds, peak, video.cpu().numpy(), latents.float().cpu()
 
 
 def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 2):
@@ -159,30 +164,48 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
     object.__setattr__(reference.text_encoder, "text_model", reference.text_encoder)
     reference.set_progress_bar_config(disable=True)
 
-    def run():
-        torch.manual_seed(posterior_seed(request.seed))
+    # The reference samples the VAE posterior with the global generator of the GPU; OpenSpeedy draws it on
+    # the CPU (so a seed gives the same video on any device). Make the reference draw the same noise.
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    def run(output_type="np"):
+        original = DiagonalGaussianDistribution.sample
+        generator = torch.Generator("cpu").manual_seed(posterior_seed(request.seed))
+        DiagonalGaussianDistribution.sample = lambda self, generator_=None: original(self, generator=generator)
+        try:
+            return _reference_call(output_type)
+        finally:
+            DiagonalGaussianDistribution.sample = original
+
+    def _reference_call(output_type):
         return reference(prompt=request.prompt, image=request.image, height=request.height, width=request.width,
                          num_frames=request.num_frames, num_inference_steps=request.num_inference_steps,
-                         generator=torch.Generator().manual_seed(request.seed), output_type="np").frames[0]
+                         generator=torch.Generator().manual_seed(request.seed), output_type=output_type).frames[0]
 
     seconds, peak, video = timed(run, repeats=repeats)
+    latents = run("latent").float().cpu()[None]  # one more, untimed run for the latents
     del reference
     torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
-    return seconds, peak, (video * 255).round().astype(np.uint8)
+    return seconds, peak, (video * 255).round().astype(np.uint8), latents
 
 
-def difference(ours: np.ndarray, reference: np.ndarray) -> dict:
+def difference(ours: np.ndarray, reference: np.ndarray, ours_latents=None, reference_latents=None) -> dict:
+    """Video difference (relative L2, max uint8 step) and, given them, the final latents' relative L2."""
     delta = ours.astype(np.float64) - reference.astype(np.float64)
-    return dict(relative_l2=float(np.linalg.norm(delta) / np.linalg.norm(reference.astype(np.float64))),
-                max_abs_uint8=float(np.abs(delta).max()))
+    result = dict(relative_l2=float(np.linalg.norm(delta) / np.linalg.norm(reference.astype(np.float64))),
+                  max_abs_uint8=float(np.abs(delta).max()))
+    if ours_latents is not None:
+        result["latents_relative_l2"] = float((ours_latents - reference_latents).norm() / reference_latents.norm())
+    return result
 
 
 def bench_end_to_end(checkpoint: Path, components, steps: int) -> dict:
     request = video_request(steps)
-    seconds, peak, ours = run_openspeedy(checkpoint, components, request)
-    ref_seconds, ref_peak, theirs = run_reference(checkpoint, components["unet"].dtype, request)
+    seconds, peak, ours, ours_latents = run_openspeedy(checkpoint, components, request)
+    ref_seconds, ref_peak, theirs, their_latents = run_reference(checkpoint, components["unet"].dtype, request)
     return dict(frames=16, height=512, width=512, steps=steps, openspeedy_s=seconds, openspeedy_peak_bytes=peak,
-                reference_s=ref_seconds, reference_peak_bytes=ref_peak, **difference(ours, theirs))
+                reference_s=ref_seconds, reference_peak_bytes=ref_peak,
+                **difference(ours, theirs, ours_latents, their_latents))
 
 
 def main() -> None:

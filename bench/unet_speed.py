@@ -30,6 +30,7 @@ VARIANTS = {
     "compile": {"fuse_qkv": "true", "compile_mode": "default"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
     "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
+    "channels_last": {"fuse_qkv": "true", "compile_mode": "default", "channels_last": "true"},
     "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},
     "fp8-eager": {"fuse_qkv": "true", "fp8": "true"},
 }
@@ -57,6 +58,18 @@ def measure(checkpoint: Path, name: str, reference_out: torch.Tensor | None, inp
     return row, (unet, out)
 
 
+def profile(unet, inputs) -> str:
+    """Top CUDA kernels of three UNet calls: where the time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            unet.infer(inputs)
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -64,6 +77,7 @@ def main() -> None:
     parser.add_argument("--variants", default="eager,fused,compile")
     parser.add_argument("--end-to-end", default="", help="variants to run whole videos with, next to diffusers")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--profile", default="", help="variants to profile (top CUDA kernels) after timing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.checkpoint / "model_index.json").exists():
@@ -85,6 +99,8 @@ def main() -> None:
         try:
             row, (unet, _) = measure(args.checkpoint, name, baseline, inputs)
             results["variants"].append(row)
+            if name in args.profile.split(","):
+                (args.out / f"profile_{name}.txt").write_text(profile(unet, inputs))
             if name in wanted_e2e:
                 keep[name] = unet
             else:
@@ -98,14 +114,19 @@ def main() -> None:
     if wanted_e2e:
         request = video_request(args.steps)
         components = {n: load_component(n, args.checkpoint, DEVICE, "float16") for n in WEIGHT_FOLDERS if n != "unet"}
-        ref_s, ref_peak, theirs = run_reference(args.checkpoint, torch.float16, request)
+        ref_s, ref_peak, theirs, their_latents = run_reference(args.checkpoint, torch.float16, request)
         results["reference"] = dict(seconds=ref_s, peak_bytes=ref_peak, steps=args.steps)
         print(results["reference"], flush=True)
         for name in wanted_e2e:
             if name not in keep:
                 continue
-            seconds, peak, ours = run_openspeedy(args.checkpoint, components | {"unet": keep[name]}, request)
-            row = dict(variant=name, seconds=seconds, peak_bytes=peak, speedup=ref_s / seconds, **difference(ours, theirs))
+            seconds, peak, ours, latents = run_openspeedy(args.checkpoint, components | {"unet": keep[name]}, request)
+            row = dict(variant=name, seconds=seconds, peak_bytes=peak, speedup=ref_s / seconds,
+                       **difference(ours, theirs, latents, their_latents))
+            if name == "eager":
+                eager_video, eager_latents = ours, latents
+            elif "eager" in wanted_e2e:
+                row["vs_openspeedy_eager"] = difference(ours, eager_video, latents, eager_latents)
             results["end_to_end"].append(row)
             print(row, flush=True)
             (args.out / "unet_speed.json").write_text(json.dumps(results, indent=2))

@@ -115,6 +115,12 @@ class I2VGenXL:
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+        """The video of one request as uint8 [F, H, W, 3]."""
+        return self.decode(self.denoise(request, on_step), request.decode_chunk_size)
+
+    @torch.inference_mode()
+    def denoise(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+        """The final latents [1, C, F, h, w] of one request (scaled like the reference's output_type="latent")."""
         cfg = request.do_classifier_free_guidance
         prompts = [request.negative_prompt, request.prompt] if cfg else [request.prompt]
         prompt_embeds = torch.cat([self.encode_prompt(p) for p in prompts])
@@ -160,8 +166,7 @@ class I2VGenXL:
             latents = self._scheduler_step(scheduler, noise_pred, t, latents)
             if on_step is not None:
                 on_step(step + 1, total)
-
-        return self.decode(latents, request.decode_chunk_size)
+        return latents
 
     @staticmethod
     def _scheduler_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor):

@@ -1,6 +1,6 @@
 """The full-size UNet (published architecture, random weights) exports: size, signature and numbers of its graph.
 
-Measured on the 2-core CI machine: about 2.5 minutes and 7.4 GB peak memory (the export runs in a
+Measured on the 2-core CI machine: about 2 minutes and 7.6 GB peak memory (the export runs in a
 child process, so its memory is its own), 11 GB of temporary disk that the test removes. Set
 OPENSPEEDY_SKIP_FULL_SIZE_EXPORT=1 to skip it on a smaller machine.
 """

@@ -137,8 +137,8 @@ def _sweep(triton, tmp_path, protocols, concurrencies):
         tmp_path,
         SETTINGS,
         measurement_request_count=3,
-        stability_percentage=1000.0,  # a shared 2-core CI machine never gives stable windows
-        max_trials=4,
+        stability_percentage=10000.0,  # windows on a shared 2-core CI machine vary 10x: accept them all
+        max_trials=8,
         timeout_s=300,
         log=lambda message: None,
     )

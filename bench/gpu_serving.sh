@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On the GPU machine: a Python environment whose numpy is 1.26 (the pytriton stub needs NumPy 1.x, see
+# gpu_serving.py), with the system's torch and transformers, the trimmed tritonserver from the
+# nvidia-pytriton wheel and tritonclient's Python code; then the served-vs-in-process benchmark.
+# Expects, in .whl/: numpy-1.26.4 (cp312), diffusers, importlib_metadata wheels, triton-py312.tar.xz
+# (pytriton/tritonserver + nvidia_pytriton.libs) and tritonclient-py.tar.xz.
+set -euo pipefail
+OUT=${1:?usage: gpu_serving.sh OUT_DIR [args...]}; shift
+python3 -m venv --system-site-packages /tmp/venv
+SITE=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+/tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile .whl/numpy-1.26.4-*.whl .whl/diffusers-*.whl \
+    .whl/importlib_metadata-*.whl
+/tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e .
+tar xJf .whl/triton-py312.tar.xz -C "$SITE"
+tar xJf .whl/tritonclient-py.tar.xz -C "$SITE"
+export PATH=/tmp/venv/bin:$PATH PYTHONUNBUFFERED=1
+python -c 'import numpy, torch, transformers; print("numpy", numpy.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
+python bench/gpu_serving.py --out "$OUT" "$@"

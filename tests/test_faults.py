@@ -1,0 +1,232 @@
+"""Faults on a server of this module's own (never the session's): a Python backend stub killed
+mid-request, and the server restarted mid-load.
+
+What tritonserver 2.51's python backend does when a model's stub process dies (measured here with the
+nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that changes it is noticed):
+
+- the request in flight in that model gets an error at once ("Stub process 'unet_0_0' is not healthy."),
+  which the entry model returns as "model 'unet' failed: ..."; nothing hangs;
+- the stub is NOT restarted: it stays a zombie child of tritonserver, and every later request that needs
+  the model fails with the same error, however long one waits;
+- the model is NOT reported unready: /v2/health/ready and /v2/models/unet/ready both keep answering 200
+  (2.51's python backend does not check its stub when asked for readiness), /v2/health/live too;
+- what recovers it is loading the model again (``--model-control-mode=explicit``, then
+  ``POST /v2/repository/models/unet/load``): a new stub starts and requests succeed again. The dead
+  instance is never unloaded, though: a graceful stop afterwards waits the whole --exit-timeout-secs for it
+  ("Found 1 live models") and tritonserver exits with 1 ("Exit timeout expired"), and so does a stop
+  without the reload. Without explicit model control only a server restart recovers.
+
+Operators therefore cannot rely on Triton's readiness probe to notice a dead stub: probe with an
+inference (or watch nv_inference_request_failure) and reload the model or restart the pod.
+
+Restart mid-load: on SIGTERM Triton stops accepting requests and lets those it accepted finish (up to
+--exit-timeout-secs); every client gets either its video or an error, and a new server on the same
+ports serves again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import encode, free_port, random_image
+from openspeedy.client import Client, GenerationError
+from openspeedy.server import ServerOptions, TritonServer
+
+pytestmark = pytest.mark.server
+
+IMAGE = encode(random_image(120, 80, seed=31))
+QUICK = dict(num_frames=2, height=32, width=32, num_inference_steps=2, seed=5)
+LONG = dict(num_frames=8, height=64, width=64, num_inference_steps=100, seed=6)  # many unet calls to land in
+REQUEST_TIMEOUT_S = 180.0
+LOGS = Path("build/test-logs")
+
+
+def _status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        return type(error).__name__
+
+
+def _stats(server: TritonServer, model: str) -> dict:
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url, connection_timeout=10, network_timeout=30)
+    try:
+        return client.get_inference_statistics(model)["model_stats"][0]
+    finally:
+        client.close()
+
+
+def _stubs(server: TritonServer, model: str, repository: Path) -> list[psutil.Process]:
+    """Stub processes of ``model``: children of tritonserver whose command line holds the model's path."""
+    path = str(Path(repository).resolve() / model / "1" / "model.py")
+    stubs = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if path in child.cmdline():
+                stubs.append(child)
+        except psutil.ZombieProcess:
+            continue
+        except psutil.NoSuchProcess:
+            continue
+    return stubs
+
+
+def _wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _request_thread(server: TritonServer, protocol: str, options: dict, outcomes: dict, key) -> threading.Thread:
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+
+    def run():
+        started = time.monotonic()
+        try:
+            with Client(url, protocol, timeout_s=REQUEST_TIMEOUT_S) as client:
+                frames = client.generate(IMAGE, "a storm over the sea", **options).frames
+            outcomes[key] = ("ok", frames, time.monotonic() - started)
+        except Exception as error:  # noqa: BLE001 - any error is an outcome, as long as there is one
+            outcomes[key] = ("error", error, time.monotonic() - started)
+
+    thread = threading.Thread(target=run, name=f"request-{key}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _options(repository: Path, *extra: str) -> ServerOptions:
+    return ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                         extra_args=list(extra))
+
+
+def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_repository):
+    # the dead instance holds up the final stop for --exit-timeout-secs: keep that short here
+    server = TritonServer(_options(tiny_repository, "--model-control-mode=explicit", "--load-model=*",
+                                   "--exit-timeout-secs=5"), log_path=LOGS / "faults-stub-kill.log")
+    server.start()
+    try:
+        (unet,) = _stubs(server, "unet", tiny_repository)
+        executions_before = _stats(server, "unet")["execution_count"]
+
+        outcomes: dict = {}
+        threads = [_request_thread(server, protocol, LONG, outcomes, protocol) for protocol in ("grpc", "http")]
+        # kill once the denoising loop is under way, with many unet calls still to come
+        _wait_until(lambda: _stats(server, "unet")["execution_count"] >= executions_before + 2, 120,
+                    "the unet to start working")
+        assert not outcomes, f"a long request finished before the kill: {outcomes}"
+        unet.kill()
+        for thread in threads:
+            thread.join(REQUEST_TIMEOUT_S + 30)
+        assert not any(thread.is_alive() for thread in threads), "a request in flight hung after the stub died"
+        for protocol in ("grpc", "http"):
+            kind, value, _ = outcomes[protocol]
+            assert kind == "error", f"{protocol}: the request in flight got a video although its unet died"
+            assert isinstance(value, GenerationError), f"{protocol}: {value!r}"
+            assert "unet" in str(value), f"{protocol}: {value}"
+
+        # Triton 2.51: not restarted, still reported ready, every unet request fails
+        with Client(server.grpc_url, "grpc", timeout_s=60) as client:
+            for attempt in range(2):
+                if attempt:
+                    time.sleep(5)
+                with pytest.raises(GenerationError, match=r"unet.*not healthy"):
+                    client.generate(IMAGE, "after", **QUICK)
+                assert _status(f"http://{server.http_url}/v2/health/live") == 200
+                assert _status(f"http://{server.http_url}/v2/health/ready") == 200, (
+                    "behaviour changed: the server now reports unready after a stub died; update this test's doc")
+                assert _status(f"http://{server.http_url}/v2/models/unet/ready") == 200, (
+                    "behaviour changed: the model is now reported unready after its stub died; update the doc")
+                assert not _stubs(server, "unet", tiny_repository), "behaviour changed: the stub was restarted"
+            assert unet.status() == psutil.STATUS_ZOMBIE
+
+            # recovery: load the model again
+            client._client.load_model("unet")
+            _wait_until(lambda: _status(f"http://{server.http_url}/v2/models/unet/ready") == 200, 120,
+                        "unet to be ready after its reload")
+            (new_unet,) = _stubs(server, "unet", tiny_repository)
+            assert new_unet.pid != unet.pid
+            assert client.generate(IMAGE, "after", **QUICK).frames.shape == (2, 32, 32, 3)
+        with Client(server.http_url, "http", timeout_s=60) as client:
+            assert client.generate(IMAGE, "after", **QUICK).frames.shape == (2, 32, 32, 3)
+    finally:
+        code = server.stop()
+    # documented above, not asserted: 1 (the dead instance never unloads) where it was measured
+    print(f"tritonserver exit code after the stub kill and reload: {code}")
+    assert code is not None
+
+
+def test_restart_mid_load_loses_no_accepted_request(tiny_repository):
+    options = _options(tiny_repository)
+    servers = [TritonServer(options, log_path=LOGS / "faults-restart.log")]
+    servers[0].start()
+    try:
+        server = servers[0]
+        executions_before = _stats(server, "unet")["execution_count"]
+        requests = [("grpc" if i % 2 == 0 else "http", dict(LONG, num_inference_steps=20 + i, seed=i))
+                    for i in range(6)]
+        outcomes: dict = {}
+        threads = [_request_thread(server, protocol, opts, outcomes, i) for i, (protocol, opts) in enumerate(requests)]
+        # the work under way; all requests went out together at the start, so the server holds them all
+        _wait_until(lambda: _stats(server, "unet")["execution_count"] >= executions_before + 2, 120,
+                    "the load to start")
+        time.sleep(1.0)
+        queued = _pending(server)
+        assert len(outcomes) < len(requests), "all requests finished before the restart: nothing was tested"
+
+        stopper = threading.Thread(target=server.stop, name="sigterm", daemon=True)
+        stopper.start()  # SIGTERM; stop() waits for the exit (SIGKILL after 60 s)
+        for thread in threads:
+            thread.join(REQUEST_TIMEOUT_S + 90)
+        stopper.join(120)
+        assert not stopper.is_alive(), "the server did not exit"
+        hung = [thread.name for thread in threads if thread.is_alive()]
+        assert not hung, f"requests without an answer (lost or hung): {hung}"
+        assert set(outcomes) == set(range(len(requests)))
+        for index, (kind, value, _) in outcomes.items():
+            _, opts = requests[index]
+            if kind == "ok":
+                assert value is not None and value.shape == (opts["num_frames"], opts["height"], opts["width"], 3)
+            else:
+                assert str(value), f"request {index} failed without a message: {value!r}"
+        summary = {index: (kind, round(seconds, 1), "" if kind == "ok" else str(value)[:100])
+                   for index, (kind, value, seconds) in sorted(outcomes.items())}
+        print(f"{queued} queued at SIGTERM; server exit code {server.process.returncode}; outcomes {summary}")
+
+        # the same ports again
+        servers.append(TritonServer(options, log_path=LOGS / "faults-restart.log"))
+        servers[-1].start()
+        for protocol in ("grpc", "http"):
+            url = servers[-1].grpc_url if protocol == "grpc" else servers[-1].http_url
+            with Client(url, protocol, timeout_s=60) as client:
+                assert client.generate(IMAGE, "again", **QUICK).frames.shape == (2, 32, 32, 3)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _pending(server: TritonServer) -> int:
+    """Requests the entry model holds (executing or queued), from the metrics endpoint."""
+    try:
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
+    for line in text.splitlines():
+        if line.startswith("nv_inference_pending_request_count") and 'model="i2vgen_xl"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
