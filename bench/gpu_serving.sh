@@ -6,8 +6,12 @@
 # (pytriton/tritonserver + nvidia_pytriton.libs) and tritonclient-py.tar.xz.
 set -euo pipefail
 OUT=${1:?usage: gpu_serving.sh OUT_DIR [args...]}; shift
+PARENT_SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m venv --system-site-packages /tmp/venv
 SITE=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# python3 there is itself a virtual environment (torch and transformers live in it): chain to it after
+# this environment's own packages, so numpy 1.26 here wins over its numpy 2.
+echo "$PARENT_SITE" > "$SITE/parent-environment.pth"
 /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile .whl/numpy-1.26.4-*.whl .whl/diffusers-*.whl \
     .whl/importlib_metadata-*.whl
 /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e .
