@@ -12,7 +12,9 @@ SITE=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["p
 # python3 there is itself a virtual environment (torch and transformers live in it): chain to it after
 # this environment's own packages, so numpy 1.26 here wins over its numpy 2.
 echo "$PARENT_SITE" > "$SITE/parent-environment.pth"
-/tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile .whl/numpy-1.26.4-*.whl .whl/diffusers-*.whl \
+# NUMPY1=0 keeps the machine's NumPy 2 (OpenSpeedy moves every non-BYTES tensor through DLPack).
+NUMPY_WHEEL=$([ "${NUMPY1:-1}" = 1 ] && echo .whl/numpy-1.26.4-*.whl || true)
+/tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile $NUMPY_WHEEL .whl/diffusers-*.whl \
     .whl/importlib_metadata-*.whl
 /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e .
 tar xJf .whl/triton-py312.tar.xz -C "$SITE"
