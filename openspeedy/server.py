@@ -8,6 +8,7 @@ it, so a backend directory is assembled once in a cache folder.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -43,14 +44,15 @@ def find_triton() -> TritonInstall:
     root = Path(os.environ.get("OPENSPEEDY_TRITON_ROOT", CONTAINER_ROOT))
     if (root / "bin" / "tritonserver").exists():
         return TritonInstall(root / "bin" / "tritonserver", root / "backends", root / "caches")
-    try:
-        import pytriton
-    except ImportError:
+    # Located, not imported: the package's __init__ pulls in its whole Python API, which serving never uses.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "no tritonserver found: install the server extra (pip install 'openspeedy[server]', which brings "
             f"nvidia-pytriton) or run in the NGC Triton container ({CONTAINER_ROOT})"
-        ) from None
-    wheel = Path(pytriton.__file__).parent / "tritonserver"
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    wheel = package / "tritonserver"
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = wheel / "python_backend_stubs" / python / "triton_python_backend_stub"
     if not stub.exists():
@@ -62,7 +64,7 @@ def find_triton() -> TritonInstall:
         target = python_backend / source.name
         if not target.exists() or target.stat().st_size != source.stat().st_size:
             shutil.copy2(source, target)
-    libs = [Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"]
+    libs = [package.parent / "nvidia_pytriton.libs"]
     # The stub links libpython3.X.so: it must be this interpreter's, not another build of the same
     # minor version that the system may also carry (their extension modules are not interchangeable).
     own_libpython = Path(sysconfig.get_config_var("LIBDIR") or "") / (sysconfig.get_config_var("LDLIBRARY") or "")
