@@ -12,10 +12,15 @@ SITE=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["p
 # python3 there is itself a virtual environment (torch and transformers live in it): chain to it after
 # this environment's own packages, so numpy 1.26 here wins over its numpy 2.
 echo "$PARENT_SITE" > "$SITE/parent-environment.pth"
+if [ "${NUMPY1:-1}" = 1 ]; then
+    # That environment's scikit-learn and SciPy are built for NumPy 2 and fail to import under 1.26;
+    # transformers imports scikit-learn only if it finds it, and OpenSpeedy needs neither.
+    echo 'import sys; sys.modules.setdefault("sklearn", None)' > "$SITE/sitecustomize.py"
+fi
 # NUMPY1=0 keeps the machine's NumPy 2 (OpenSpeedy moves every non-BYTES tensor through DLPack).
 NUMPY_WHEEL=$([ "${NUMPY1:-1}" = 1 ] && echo .whl/numpy-1.26.4-*.whl || true)
 /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-compile $NUMPY_WHEEL .whl/diffusers-*.whl \
-    .whl/importlib_metadata-*.whl
+    .whl/importlib_metadata-*.whl .whl/python_rapidjson-*.whl
 /tmp/venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e .
 tar xJf .whl/triton-py312.tar.xz -C "$SITE"
 tar xJf .whl/tritonclient-py.tar.xz -C "$SITE"

@@ -19,9 +19,16 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
 Operators therefore cannot rely on Triton's readiness probe to notice a dead stub: probe with an
 inference (or watch nv_inference_request_failure) and reload the model or restart the pod.
 
-Restart mid-load: on SIGTERM Triton stops accepting requests and lets those it accepted finish (up to
---exit-timeout-secs); every client gets either its video or an error, and a new server on the same
-ports serves again.
+Restart mid-load (asserted: every request sent before the SIGTERM ends, within a bound, with its video of
+the right shape or with an error carrying a message; a new server on the same ports serves again). Seen on
+2.51, not asserted because it depends on timing: on SIGTERM tritonserver first waits for its open HTTP
+connections ("Found N HTTP service connections", up to --exit-timeout-secs), then unloads every model that
+has no inference in flight. A BLS pipeline is not one inference from the composing models' point of view:
+between two steps the unet is idle and may be unloaded, and the entry model's next sub-request then fails
+("model 'unet' failed: Model unet - Error when running inference: Server not ready"). So a gRPC request
+in flight at SIGTERM may get that error; in a run where HTTP requests kept the server draining, all six
+requests (queued ones included) got their videos and the server exited 0. A rolling update should stop
+routing traffic to a pod and let it go idle before sending SIGTERM.
 """
 
 from __future__ import annotations
