@@ -164,23 +164,30 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
     object.__setattr__(reference.text_encoder, "text_model", reference.text_encoder)
     reference.set_progress_bar_config(disable=True)
 
-    # The reference samples the VAE posterior with the global generator of the GPU; OpenSpeedy draws it on
-    # the CPU (so a seed gives the same video on any device). Make the reference draw the same noise.
+    # OpenSpeedy draws all noise in float32 on the CPU (a seed gives the same video on any device and
+    # precision); the reference draws it in the pipeline's dtype, and its VAE posterior noise from the
+    # GPU's global generator. Hand the reference the same noise, or the comparison measures the noise.
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.utils.torch_utils import randn_tensor
+
+    latent_shape = (1, 4, request.num_frames, request.height // 8, request.width // 8)
+    initial = randn_tensor(latent_shape, generator=torch.Generator("cpu").manual_seed(request.seed),
+                           device=DEVICE, dtype=torch.float32).to(dtype)
+
+    def float32_posterior_sample(self, generator=None):
+        noise = randn_tensor(self.mean.shape, generator=torch.Generator("cpu").manual_seed(posterior_seed(request.seed)),
+                             device=self.mean.device, dtype=torch.float32)
+        return self.mean + self.std * noise.to(self.mean.dtype)
 
     def run(output_type="np"):
         original = DiagonalGaussianDistribution.sample
-        generator = torch.Generator("cpu").manual_seed(posterior_seed(request.seed))
-        DiagonalGaussianDistribution.sample = lambda self, generator_=None: original(self, generator=generator)
+        DiagonalGaussianDistribution.sample = float32_posterior_sample
         try:
-            return _reference_call(output_type)
+            return reference(prompt=request.prompt, image=request.image, height=request.height, width=request.width,
+                             num_frames=request.num_frames, num_inference_steps=request.num_inference_steps,
+                             latents=initial.clone(), output_type=output_type).frames[0]
         finally:
             DiagonalGaussianDistribution.sample = original
-
-    def _reference_call(output_type):
-        return reference(prompt=request.prompt, image=request.image, height=request.height, width=request.width,
-                         num_frames=request.num_frames, num_inference_steps=request.num_inference_steps,
-                         generator=torch.Generator().manual_seed(request.seed), output_type=output_type).frames[0]
 
     seconds, peak, video = timed(run, repeats=repeats)
     latents = run("latent").float().cpu()[None]  # one more, untimed run for the latents

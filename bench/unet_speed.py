@@ -30,7 +30,6 @@ VARIANTS = {
     "compile": {"fuse_qkv": "true", "compile_mode": "default"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
     "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
-    "channels_last": {"fuse_qkv": "true", "compile_mode": "default", "channels_last": "true"},
     "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},
     "fp8-eager": {"fuse_qkv": "true", "fp8": "true"},
 }

@@ -134,11 +134,6 @@ class UNet:
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
         if _flag(options, "fuse_qkv"):
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
-        if _flag(options, "channels_last"):
-            # cuDNN's convolutions run NHWC: without this, each one transposes in and out (8% of a step).
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.Conv2d):  # Conv3d weights have no 4-D layout to take
-                    module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
         if _flag(options, "fp8"):
             if not fp8_supported(device):
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")

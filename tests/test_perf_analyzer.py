@@ -139,6 +139,7 @@ def _sweep(triton, tmp_path, protocols, concurrencies):
         measurement_request_count=3,
         stability_percentage=10000.0,  # windows on a shared 2-core CI machine vary 10x: accept them all
         max_trials=8,
+        warmup=False,
         timeout_s=300,
         log=lambda message: None,
     )

@@ -200,6 +200,7 @@ def perf_analyzer_command(
     stability_percentage: float = 100.0,
     max_trials: int = 10,
     composing_models: Iterable[str] = COMPOSING_MODELS,
+    asynchronous: bool = False,
 ) -> list[str]:
     """One perf_analyzer run: one protocol, one concurrency; count windows keep slow requests bounded."""
     if protocol not in PROTOCOLS:
@@ -223,6 +224,8 @@ def perf_analyzer_command(
         command.append(f"--bls-composing-models={composing}")
     if protocol == "stream":
         command.append("--streaming")
+    elif asynchronous:
+        command.append("--async")
     return command
 
 
@@ -409,8 +412,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"- request: {settings['num_frames']} frames, {settings['height']}x{settings['width']}, "
         f"{settings['num_inference_steps']} steps, guidance {settings['guidance_scale']}, "
         f"seed {settings['seed']} (repository: {report['repository']})",
+        f"- client: {settings.get('client', 'synchronous')}\n"
         f"- windows: count_windows of {settings['measurement_request_count']} requests, "
-        f"stability {settings['stability_percentage']}%; {settings.get('path', '')}",
+        f"stability {settings['stability_percentage']}%, at most {settings.get('max_trials')} windows; "
+        f"{'one unrecorded warm-up run per protocol; ' if settings.get('warmup') else ''}"
+        f"{settings.get('path', '')}",
         "",
         "| protocol | concurrency | infer/s | avg ms | p50 ms | p90 ms | p99 ms | server queue ms | "
         + " | ".join(f"{m} ms" for m in composing) + " |",
@@ -430,11 +436,15 @@ def markdown_report(report: dict[str, Any]) -> str:
         )
     for skipped in report.get("skipped", []):
         lines.append(f"\nSkipped {skipped['protocol']}: {skipped['reason']}")
+    for note in report.get("notes", []):
+        lines += ["", f"Note: {note}"]
     lines += [
         "",
-        "Per-model columns: average server-side request latency of each composing model (queue + compute) "
-        "per call; one video calls text_encoder twice with CFG (prompt and negative prompt) and unet once "
-        "per step.",
+        "Latencies are client-side; per-model columns are the average server-side latency of one call of "
+        "each composing model (queue + compute): a video calls text_encoder twice with CFG (prompt and "
+        "negative prompt) and unet once per step. For `stream` (gRPC streaming, decoupled model), "
+        "perf_analyzer measures latency to the first response (the first PROGRESS), and infer/s counts "
+        "whole requests.",
         "",
     ]
     return "\n".join(lines)
@@ -458,6 +468,8 @@ def run_sweep(
     stability_percentage: float = 100.0,
     max_trials: int = 10,
     cache_hits: bool = False,
+    warmup: bool = True,
+    asynchronous: bool = False,
     timeout_s: float = 600.0,
     log=print,
 ) -> dict[str, Any]:
@@ -466,6 +478,7 @@ def run_sweep(
     By default every request of every run is new to the server (its own image and prompt), so the
     encoders run each time: the cache-miss path. ``cache_hits``: one request repeated, the path of one
     image tried again and again; the per-model report is then limited to the models that always run.
+    ``warmup``: one short, unrecorded perf_analyzer run per protocol first.
     """
     binary, env = perf_analyzer_environment()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -474,7 +487,8 @@ def run_sweep(
     report: dict[str, Any] = {
         "perf_analyzer": perf_analyzer_version(binary, env),
         "settings": dict(settings, measurement_request_count=measurement_request_count,
-                         stability_percentage=stability_percentage, max_trials=max_trials,
+                         stability_percentage=stability_percentage, max_trials=max_trials, warmup=warmup,
+                         client="asynchronous" if asynchronous else "synchronous (streaming: asynchronous)",
                          path="cache hits (one request repeated)" if cache_hits else
                          "cache misses (every request has a new image and prompt)"),
         "composing_models": list(composing),
@@ -489,6 +503,13 @@ def run_sweep(
             log(f"skipping {protocol}: {reason}")
             report["skipped"].append({"protocol": protocol, "reason": reason})
             continue
+        if warmup:  # the first requests of a model are slow (allocations, first calls): not measured
+            log(f"warming up {protocol} ...")
+            input_path = write_input_data(work_dir / f"{protocol}-warmup-input.json", 12, salt, **settings)
+            salt += 12
+            run_one(binary, env, protocol, url, input_path, 1, work_dir, timeout_s=timeout_s,
+                    measurement_request_count=2, stability_percentage=10000.0, max_trials=3,
+                    composing_models=composing, asynchronous=asynchronous)
         for concurrency in concurrencies:
             log(f"perf_analyzer {protocol} concurrency {concurrency} ...")
             entries = 1 if cache_hits else entries_needed(concurrency, measurement_request_count, max_trials)
@@ -498,7 +519,7 @@ def run_sweep(
             record = run_one(binary, env, protocol, url, input_path, concurrency, work_dir, timeout_s=timeout_s,
                              measurement_request_count=measurement_request_count,
                              stability_percentage=stability_percentage, max_trials=max_trials,
-                             composing_models=composing)
+                             composing_models=composing, asynchronous=asynchronous)
             record["distinct_requests"] = entries
             if "error" in record:
                 log(f"  error: {record['error']}")
@@ -545,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-trials", type=int, default=10, help="perf_analyzer -r")
     parser.add_argument("--cache-hits", action="store_true",
                         help="repeat one request (the latent/prompt cache path) instead of new ones each time")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up run per protocol")
+    parser.add_argument("--async", dest="asynchronous", action="store_true",
+                        help="perf_analyzer --async for grpc/http (default: synchronous calls, like openspeedy's client)")
+    parser.add_argument("--note", action="append", default=[], help="a line for the markdown report (repeatable)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per perf_analyzer run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--name", default="perf_analyzer_tiny_cpu", help="result file stem")
@@ -596,12 +621,13 @@ def main(argv: list[str] | None = None) -> int:
             report = run_sweep(urls, protocols, concurrencies, work_dir, settings,
                                measurement_request_count=args.measurement_request_count,
                                stability_percentage=args.stability_percentage, max_trials=args.max_trials,
-                               cache_hits=args.cache_hits, timeout_s=args.timeout)
+                               cache_hits=args.cache_hits, warmup=not args.no_warmup,
+                               asynchronous=args.asynchronous, timeout_s=args.timeout)
         finally:
             if server is not None:
                 server.stop()
     report = {"name": args.name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": device_description(), "repository": repository_label, **report}
+              "device": device_description(), "repository": repository_label, "notes": args.note, **report}
     json_path, md_path = write_report(report, args.out, args.name)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
