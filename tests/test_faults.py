@@ -11,28 +11,42 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
 - the model is NOT reported unready: /v2/health/ready and /v2/models/unet/ready both keep answering 200
   (2.51's python backend does not check its stub when asked for readiness), /v2/health/live too;
 - what recovers it is loading the model again (``--model-control-mode=explicit``, then
-  ``POST /v2/repository/models/unet/load``): a new stub starts and requests succeed again. The dead
-  instance is never unloaded, though: a graceful stop afterwards waits the whole --exit-timeout-secs for it
-  ("Found 1 live models") and tritonserver exits with 1 ("Exit timeout expired"), and so does a stop
-  without the reload. Without explicit model control only a server restart recovers.
+  ``POST /v2/repository/models/unet/load``): a new stub starts and requests succeed again. The load must
+  really reload: Triton skips the load of a model whose files did not change, and given the same config
+  in the request it only updates the model in place (no new stub); a config with one parameter changed
+  (here ``reload_nonce``) reloads it. The dead instance is never unloaded, though: a graceful stop
+  afterwards waits the whole --exit-timeout-secs for it ("Found 1 live models") and tritonserver exits
+  with 1 ("Exit timeout expired"), and so does a stop without the reload. Without explicit model control
+  only a server restart recovers.
 
 Operators therefore cannot rely on Triton's readiness probe to notice a dead stub: probe with an
 inference (or watch nv_inference_request_failure) and reload the model or restart the pod.
 
 Restart mid-load (asserted: every request sent before the SIGTERM ends, within a bound, with its video of
 the right shape or with an error carrying a message; a new server on the same ports serves again). Seen on
-2.51, not asserted because it depends on timing: on SIGTERM tritonserver first waits for its open HTTP
-connections ("Found N HTTP service connections", up to --exit-timeout-secs), then unloads every model that
-has no inference in flight. A BLS pipeline is not one inference from the composing models' point of view:
-between two steps the unet is idle and may be unloaded, and the entry model's next sub-request then fails
-("model 'unet' failed: Model unet - Error when running inference: Server not ready"). So a gRPC request
-in flight at SIGTERM may get that error; in a run where HTTP requests kept the server draining, all six
-requests (queued ones included) got their videos and the server exited 0. A rolling update should stop
-routing traffic to a pod and let it go idle before sending SIGTERM.
+2.51, not asserted because it depends on timing:
+
+- on SIGTERM tritonserver first waits for its open HTTP connections ("Found N HTTP service connections",
+  up to --exit-timeout-secs), then for in-flight inferences with what is left of that timeout, unloading
+  every model that has none in flight. A BLS pipeline is not one inference from the composing models'
+  point of view: between two steps the unet is idle and may be unloaded, and the entry model's next
+  sub-request fails ("model 'unet' failed: Model unet - Error when running inference: Server not
+  ready"). So a gRPC request in flight at SIGTERM may get that error;
+- where the drain finished in time, all six requests (queued ones included) got their videos and the
+  server exited 0;
+- where it did not (a loaded machine), Triton "exits immediately" when --exit-timeout-secs runs out and
+  crashed on the way out (SIGSEGV in libtritonserver/libtriton_python, exit code -11; once SIGABRT,
+  "std::system_error: Invalid argument", -6); the clients got "Stream removed (GOAWAY)" over gRPC and
+  "Connection refused" over HTTP. In one such run the pipeline in flight made no progress at all during
+  the last 22 s of the drain (build/test-logs/faults-restart.log): not understood yet.
+
+A rolling update should stop routing traffic to a pod and let it go idle before sending SIGTERM, with an
+exit timeout longer than the longest video.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -116,9 +130,98 @@ def _request_thread(server: TritonServer, protocol: str, options: dict, outcomes
     return thread
 
 
+def _stub_processes(server: TritonServer) -> dict[int, tuple[psutil.Process, str | None]]:
+    """Every stub of the server now, with the shared-memory region it was given."""
+    stubs = {}
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        region = next((arg for arg in command if arg.startswith("triton_python_backend_shm_region_")), None)
+        stubs[child.pid] = (child, region)
+    return stubs
+
+
+def _clean_up_after(stubs: dict[int, tuple[psutil.Process, str | None]]) -> list[str]:
+    """After the server exited: kills its stubs that outlived it and removes the /dev/shm regions it left.
+
+    Both happen on 2.51 (not asserted, the timing decides): a killed stub's region stays in /dev/shm, and
+    after a crash on a forced exit the entry model's stub, blocked in a BLS call, is orphaned for good.
+    """
+    left = []
+    for pid, (process, region) in stubs.items():
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"stub {pid}")
+                process.kill()
+        except psutil.Error:
+            pass
+        if region and (Path("/dev/shm") / region).exists():
+            left.append(f"/dev/shm/{region}")
+            (Path("/dev/shm") / region).unlink(missing_ok=True)
+    return left
+
+
 def _options(repository: Path, *extra: str) -> ServerOptions:
     return ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                          extra_args=list(extra))
+
+
+def test_restart_mid_load_loses_no_accepted_request(tiny_repository):
+    options = _options(tiny_repository)
+    servers = [TritonServer(options, log_path=LOGS / "faults-restart.log")]
+    servers[0].start()
+    stubs = _stub_processes(servers[0])
+    try:
+        server = servers[0]
+        executions_before = _stats(server, "unet")["execution_count"]
+        requests = [("grpc" if i % 2 == 0 else "http", dict(LONG, num_inference_steps=30 + i, seed=i))
+                    for i in range(6)]
+        outcomes: dict = {}
+        threads = [_request_thread(server, protocol, opts, outcomes, i) for i, (protocol, opts) in enumerate(requests)]
+        # the work under way; all requests went out together at the start, so the server holds them all
+        _wait_until(lambda: _stats(server, "unet")["execution_count"] >= executions_before + 2, 120,
+                    "the load to start")
+        time.sleep(0.5)
+        queued = _pending(server)
+        in_flight = set(range(len(requests))) - set(outcomes)
+        assert in_flight, "all requests finished before the restart: nothing was tested"
+
+        stopper = threading.Thread(target=server.stop, name="sigterm", daemon=True)
+        stopper.start()  # SIGTERM; stop() waits for the exit (SIGKILL after 60 s)
+        for thread in threads:
+            thread.join(REQUEST_TIMEOUT_S + 90)
+        stopper.join(120)
+        assert not stopper.is_alive(), "the server did not exit"
+        hung = [thread.name for thread in threads if thread.is_alive()]
+        assert not hung, f"requests without an answer (lost or hung): {hung}"
+        assert set(outcomes) == set(range(len(requests)))
+        for index, (kind, value, _) in outcomes.items():
+            _, opts = requests[index]
+            if kind == "ok":
+                assert value is not None and value.shape == (opts["num_frames"], opts["height"], opts["width"], 3)
+            else:
+                assert str(value), f"request {index} failed without a message: {value!r}"
+        summary = {index: (kind, round(seconds, 1), "" if kind == "ok" else str(value)[:100])
+                   for index, (kind, value, seconds) in sorted(outcomes.items())}
+        print(f"in flight at SIGTERM {sorted(in_flight)} ({queued} queued); server exit code "
+              f"{server.process.returncode}; outcomes {summary}")
+
+        print(f"left behind by the stopped server: {_clean_up_after(stubs) or 'nothing'}")
+
+        # the same ports again
+        servers.append(TritonServer(options, log_path=LOGS / "faults-restart.log"))
+        servers[-1].start()
+        stubs.update(_stub_processes(servers[-1]))
+        for protocol in ("grpc", "http"):
+            url = servers[-1].grpc_url if protocol == "grpc" else servers[-1].http_url
+            with Client(url, protocol, timeout_s=60) as client:
+                assert client.generate(IMAGE, "again", **QUICK).frames.shape == (2, 32, 32, 3)
+    finally:
+        for server in servers:
+            server.stop()
+        _clean_up_after(stubs)
 
 
 def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_repository):
@@ -126,6 +229,7 @@ def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_r
     server = TritonServer(_options(tiny_repository, "--model-control-mode=explicit", "--load-model=*",
                                    "--exit-timeout-secs=5"), log_path=LOGS / "faults-stub-kill.log")
     server.start()
+    stubs = _stub_processes(server)
     try:
         (unet,) = _stubs(server, "unet", tiny_repository)
         executions_before = _stats(server, "unet")["execution_count"]
@@ -161,71 +265,24 @@ def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_r
                 assert not _stubs(server, "unet", tiny_repository), "behaviour changed: the stub was restarted"
             assert unet.status() == psutil.STATUS_ZOMBIE
 
-            # recovery: load the model again
-            client._client.load_model("unet")
-            _wait_until(lambda: _status(f"http://{server.http_url}/v2/models/unet/ready") == 200, 120,
-                        "unet to be ready after its reload")
+            # recovery: load the model again. With its files unchanged Triton skips the load, and the same
+            # config given in the request only updates the model in place; a changed parameter reloads it.
+            config = client._client.get_model_config("unet", as_json=True)["config"]
+            config.setdefault("parameters", {})["reload_nonce"] = {"string_value": str(time.time_ns())}
+            client._client.load_model("unet", config=json.dumps(config))
+            _wait_until(lambda: len(_stubs(server, "unet", tiny_repository)) == 1, 120, "a new unet stub")
             (new_unet,) = _stubs(server, "unet", tiny_repository)
             assert new_unet.pid != unet.pid
+            stubs.update(_stub_processes(server))
             assert client.generate(IMAGE, "after", **QUICK).frames.shape == (2, 32, 32, 3)
         with Client(server.http_url, "http", timeout_s=60) as client:
             assert client.generate(IMAGE, "after", **QUICK).frames.shape == (2, 32, 32, 3)
     finally:
         code = server.stop()
+        left = _clean_up_after(stubs)
     # documented above, not asserted: 1 (the dead instance never unloads) where it was measured
-    print(f"tritonserver exit code after the stub kill and reload: {code}")
+    print(f"tritonserver exit code after the stub kill and reload: {code}; left behind: {left or 'nothing'}")
     assert code is not None
-
-
-def test_restart_mid_load_loses_no_accepted_request(tiny_repository):
-    options = _options(tiny_repository)
-    servers = [TritonServer(options, log_path=LOGS / "faults-restart.log")]
-    servers[0].start()
-    try:
-        server = servers[0]
-        executions_before = _stats(server, "unet")["execution_count"]
-        requests = [("grpc" if i % 2 == 0 else "http", dict(LONG, num_inference_steps=60 + i, seed=i))
-                    for i in range(6)]
-        outcomes: dict = {}
-        threads = [_request_thread(server, protocol, opts, outcomes, i) for i, (protocol, opts) in enumerate(requests)]
-        # the work under way; all requests went out together at the start, so the server holds them all
-        _wait_until(lambda: _stats(server, "unet")["execution_count"] >= executions_before + 2, 120,
-                    "the load to start")
-        time.sleep(0.5)
-        queued = _pending(server)
-        in_flight = set(range(len(requests))) - set(outcomes)
-        assert in_flight, "all requests finished before the restart: nothing was tested"
-
-        stopper = threading.Thread(target=server.stop, name="sigterm", daemon=True)
-        stopper.start()  # SIGTERM; stop() waits for the exit (SIGKILL after 60 s)
-        for thread in threads:
-            thread.join(REQUEST_TIMEOUT_S + 90)
-        stopper.join(120)
-        assert not stopper.is_alive(), "the server did not exit"
-        hung = [thread.name for thread in threads if thread.is_alive()]
-        assert not hung, f"requests without an answer (lost or hung): {hung}"
-        assert set(outcomes) == set(range(len(requests)))
-        for index, (kind, value, _) in outcomes.items():
-            _, opts = requests[index]
-            if kind == "ok":
-                assert value is not None and value.shape == (opts["num_frames"], opts["height"], opts["width"], 3)
-            else:
-                assert str(value), f"request {index} failed without a message: {value!r}"
-        summary = {index: (kind, round(seconds, 1), "" if kind == "ok" else str(value)[:100])
-                   for index, (kind, value, seconds) in sorted(outcomes.items())}
-        print(f"in flight at SIGTERM {sorted(in_flight)} ({queued} queued); server exit code "
-              f"{server.process.returncode}; outcomes {summary}")
-
-        # the same ports again
-        servers.append(TritonServer(options, log_path=LOGS / "faults-restart.log"))
-        servers[-1].start()
-        for protocol in ("grpc", "http"):
-            url = servers[-1].grpc_url if protocol == "grpc" else servers[-1].http_url
-            with Client(url, protocol, timeout_s=60) as client:
-                assert client.generate(IMAGE, "again", **QUICK).frames.shape == (2, 32, 32, 3)
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def _pending(server: TritonServer) -> int:
