@@ -38,7 +38,7 @@ class GenerationError(RuntimeError):
             "Exceeds maximum queue size" in message
         )
         if self.retryable and "retry" not in message:
-            message = f"server busy, retry later: {message}"
+            message = f"server unavailable (busy or restarting), retry later: {message}"
         super().__init__(message)
 
 
@@ -121,7 +121,8 @@ class Client:
             config = self._client.get_model_config(self.model, as_json=True)["config"]
         else:
             config = self._client.get_model_config(self.model)
-        return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        # gRPC's JSON leaves out empty strings: a parameter set to "" arrives as {}.
+        return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
 
     def infer_arrays(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...] = ("VIDEO",), priority: int = 0):
         """A raw inference: contract-named input arrays in, the requested output arrays out.

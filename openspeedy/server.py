@@ -187,8 +187,14 @@ class TritonServer:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                pass
+        # The server runs in a process group of its own: whatever is left of it (a hung server, or the
+        # stubs a crashed one orphaned) goes with it.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         if self._log is not None:
             self._log.close()
             self._log = None

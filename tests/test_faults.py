@@ -17,7 +17,7 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
   (here ``reload_nonce``) reloads it. The dead instance is never unloaded, though: a graceful stop
   afterwards waits the whole --exit-timeout-secs for it ("Found 1 live models") and tritonserver exits
   with 1 ("Exit timeout expired"), and so does a stop without the reload. Without explicit model control
-  only a server restart recovers.
+  only a server restart recovers. The killed stub's /dev/shm region is never removed (the test does it).
 
 Operators therefore cannot rely on Triton's readiness probe to notice a dead stub: probe with an
 inference (or watch nv_inference_request_failure) and reload the model or restart the pod.
@@ -31,7 +31,8 @@ the right shape or with an error carrying a message; a new server on the same po
   every model that has none in flight. A BLS pipeline is not one inference from the composing models'
   point of view: between two steps the unet is idle and may be unloaded, and the entry model's next
   sub-request fails ("model 'unet' failed: Model unet - Error when running inference: Server not
-  ready"). So a gRPC request in flight at SIGTERM may get that error;
+  ready"). The gRPC service does not hold the drain the way HTTP connections do: in one run the three
+  HTTP requests got their videos while the three gRPC ones queued behind them got that error;
 - where the drain finished in time, all six requests (queued ones included) got their videos and the
   server exited 0;
 - where it did not (a loaded machine), Triton "exits immediately" when --exit-timeout-secs runs out and

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from openspeedy.components import load_component
 from openspeedy.serving.triton_io import (
     error_response,
@@ -35,6 +37,8 @@ def component_model(model_name: str) -> type:
                         pb_utils.InferenceResponse(output_tensors=[to_triton(n, t) for n, t in outputs.items()])
                     )
                 except Exception as error:  # noqa: BLE001 - every failure becomes this request's error
+                    if isinstance(error, torch.OutOfMemoryError):
+                        torch.cuda.empty_cache()  # give back what the failed request held before the next
                     responses.append(error_response(error))
             return responses
 
