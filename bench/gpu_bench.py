@@ -191,8 +191,6 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
 
     seconds, peak, video = timed(run, repeats=repeats)
     latents = run("latent").float().cpu()[None]  # one more, untimed run for the latents
-    del reference
-    torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
     return seconds, peak, (video * 255).round().astype(np.uint8), latents
 
 

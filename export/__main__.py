@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> Path:
         settings=settings,
         unet_runtime=args.unet_runtime,
         unet_profile=profile_from_arguments(args),
+        warmup_shapes=args.warmup_shapes,
+        unet_compile_mode=args.unet_compile_mode,
+        queue=QueuePolicy(max_queue_size=args.max_queue_size),
         cache=CacheSettings(
             enabled=not args.no_cache,
             image_max_bytes=args.cache_image_max_bytes,

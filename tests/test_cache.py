@@ -169,7 +169,7 @@ def test_two_pipelines_share_one_redis(redis_server, local_pipeline):
         return I2VGenXL(local_pipeline.call_model, local_pipeline.scheduler_config,
                         local_pipeline.vae_scaling_factor, caches=caches), metrics
 
-    (first, first_metrics), (second, second_metrics) = pipeline("w1"), pipeline("w1")
+    (first, _), (second, second_metrics) = pipeline("w1"), pipeline("w1")
     (other_weights, other_metrics) = pipeline("w2")
     video = first.generate(make_request()).numpy()
     assert second.generate(make_request()).numpy().tobytes() == video.tobytes()

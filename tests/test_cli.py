@@ -14,8 +14,6 @@ OPENSPEEDY = [sys.executable, "-m", "openspeedy.cli"]
 
 @pytest.mark.parametrize("protocol, suffix", [("grpc", ".mp4"), ("http", ".gif"), ("http", ".mp4")])
 def test_generate_writes_a_video(triton, tmp_path, protocol, suffix):
-    from openspeedy.cli import main  # noqa: F401 - the module the command runs
-
     out = tmp_path / f"video{suffix}"
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
     image = tmp_path / "in.png"

@@ -13,7 +13,6 @@ for another memory placement. The cause was not tracked further; the bound is as
 """
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from diffusers import I2VGenXLPipeline
