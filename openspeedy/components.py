@@ -198,7 +198,8 @@ class VaeDecoder:
         channels = self.decoder.vae.config.latent_channels
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
             # Measures the decode cost at this size (the automatic chunk) and warms the kernels.
-            self.decoder.decode(torch.randn(frames, channels, height // 8, width // 8), chunk_size=0)
+            scale = self.decoder.spatial_scale
+            self.decoder.decode(torch.randn(frames, channels, height // scale, width // scale), chunk_size=0)
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         chunk = int(inputs["DECODE_CHUNK_SIZE"][0])
@@ -261,7 +262,7 @@ def check_tensors(contract: ModelContract, specs: str, tensors: Mapping[str, Any
                 continue
             raise ValueError(f"{contract.name}: missing {specs[:-1]} {spec.name}")
         value = tensors[spec.name]
-        dtype = np.dtype(object) if isinstance(value, np.ndarray) and value.dtype == object else _dtype_of(value)
+        dtype = _dtype_of(value)
         if dtype != spec.numpy_dtype or not spec.shape_matches(tuple(value.shape)):
             raise ValueError(
                 f"{contract.name}: {spec.name} must be {spec.datatype} {list(spec.dims)}, "

@@ -61,6 +61,11 @@ class ChunkedDecoder:
         self.tile_above_pixels = tile_above_pixels
         self._costs: dict[tuple[int, int, int, bool], DecodeCost] = {}
 
+    @property
+    def spatial_scale(self) -> int:
+        """Pixels per latent pixel along each side (8 for I2VGen-XL's VAE): one downsampling per block but the last."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     # -- how much memory a decode takes -------------------------------------------------------------
 
     def _measure_peak(self, latents: torch.Tensor) -> int:
@@ -87,7 +92,7 @@ class ChunkedDecoder:
                 per_frame = max(1, (four - two) // 2)
                 self._costs[key] = DecodeCost(fixed=max(0, two - 2 * per_frame), per_frame=per_frame)
             else:
-                scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+                scale = self.spatial_scale
                 widest = self.vae.config.block_out_channels[0] * height * width * scale * scale
                 itemsize = torch.finfo(self.dtype).bits // 8
                 self._costs[key] = DecodeCost(fixed=0, per_frame=widest * itemsize * _CPU_ACTIVATION_COPIES)
@@ -105,8 +110,7 @@ class ChunkedDecoder:
         return max(1, min(latent_shape[0], self.cost(latent_shape).frames_within(self.available_bytes())))
 
     def _tiling(self, latent_height: int, latent_width: int) -> bool:
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return latent_height * latent_width * scale * scale > self.tile_above_pixels
+        return latent_height * latent_width * self.spatial_scale**2 > self.tile_above_pixels
 
     # -- decoding -----------------------------------------------------------------------------------
 

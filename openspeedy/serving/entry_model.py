@@ -30,11 +30,11 @@ from openspeedy.video import encode_mp4
 
 
 class GenerationStopped(RuntimeError):
-    """The request was cancelled or ran past its time limit; ``code`` is the Triton error code."""
+    """The request was cancelled or ran past its time limit; ``triton_code`` is the Triton error code."""
 
     def __init__(self, message: str, code: int):
         super().__init__(message)
-        self.code = code
+        self.triton_code = code
 
 
 class EntryModel:
@@ -99,8 +99,6 @@ class EntryModel:
         """The error response for ``error``, after giving back the device memory the request held."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if isinstance(error, GenerationStopped):
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), error.code))
         return error_response(error)
 
 

@@ -49,9 +49,14 @@ def read_inputs(request: "pb_utils.InferenceRequest", contract: ModelContract, a
 
 
 def error_response(error: Exception) -> "pb_utils.InferenceResponse":
-    """An error response: bad input is the client's (INVALID_ARG), anything else is ours (INTERNAL)."""
-    code = pb_utils.TritonError.INVALID_ARG if isinstance(error, InvalidInput) else pb_utils.TritonError.INTERNAL
-    message = str(error) if isinstance(error, InvalidInput) else f"{type(error).__name__}: {error}"
+    """An error response: bad input is the client's (INVALID_ARG); an error that names its own Triton code
+    (``triton_code``, e.g. a cancelled request) keeps it; anything else is ours (INTERNAL)."""
+    if isinstance(error, InvalidInput):
+        code, message = pb_utils.TritonError.INVALID_ARG, str(error)
+    elif getattr(error, "triton_code", None) is not None:
+        code, message = error.triton_code, str(error)
+    else:
+        code, message = pb_utils.TritonError.INTERNAL, f"{type(error).__name__}: {error}"
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
