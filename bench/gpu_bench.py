@@ -143,21 +143,26 @@ def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 
     )
 
 
-def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2):
-    """Seconds, peak bytes, uint8 frames and final latents of OpenSpeedy's pipeline, in process."""
+def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2, warmup_request=None):
+    """Seconds, peak bytes, uint8 frames and final latents of OpenSpeedy's pipeline, in process.
+
+    ``warmup_request`` (a few steps at the same size) warms up instead of one more full video."""
     scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
     pipeline = I2VGenXL(LocalModels(components), scheduler, 0.18125, DEVICE)
 
-    def run():
-        latents = pipeline.denoise(request)
-        return pipeline.decode(latents, request.decode_chunk_size), latents
+    def run(this=request):
+        latents = pipeline.denoise(this)
+        return pipeline.decode(latents, this.decode_chunk_size), latents
 
-    seconds, peak, (video, latents) = timed(run, repeats=repeats)
+    if warmup_request is not None:
+        run(warmup_request)
+    seconds, peak, (video, latents) = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
     return seconds, peak, video.cpu().numpy(), latents.float().cpu()
 
 
-def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 2):
-    """Seconds, peak bytes and uint8 frames of diffusers' I2VGenXLPipeline (eager, SDPA), same seed."""
+def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 2, warmup_request=None):
+    """Seconds, peak bytes, uint8 frames and final latents of diffusers' I2VGenXLPipeline (eager, SDPA),
+    same seed; ``warmup_request`` as in run_openspeedy."""
     from diffusers import I2VGenXLPipeline
 
     reference = I2VGenXLPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(DEVICE)
@@ -170,28 +175,39 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.utils.torch_utils import randn_tensor
 
-    latent_shape = (1, 4, request.num_frames, request.height // 8, request.width // 8)
-    initial = randn_tensor(latent_shape, generator=torch.Generator("cpu").manual_seed(request.seed),
-                           device=DEVICE, dtype=torch.float32).to(dtype)
+    final_latents = []
+    decode_latents = reference.decode_latents
 
-    def float32_posterior_sample(self, generator=None):
-        noise = randn_tensor(self.mean.shape, generator=torch.Generator("cpu").manual_seed(posterior_seed(request.seed)),
-                             device=self.mean.device, dtype=torch.float32)
-        return self.mean + self.std * noise.to(self.mean.dtype)
+    def keep_latents(latents, *args, **kwargs):  # the final latents of the timed run itself
+        final_latents[:] = [latents.float().cpu()]
+        return decode_latents(latents, *args, **kwargs)
 
-    def run(output_type="np"):
+    reference.decode_latents = keep_latents
+
+    def run(this=request):
+        latent_shape = (1, 4, this.num_frames, this.height // 8, this.width // 8)
+        initial = randn_tensor(latent_shape, generator=torch.Generator("cpu").manual_seed(this.seed),
+                               device=DEVICE, dtype=torch.float32).to(dtype)
+
+        def float32_posterior_sample(self, generator=None):
+            noise = randn_tensor(self.mean.shape, generator=torch.Generator("cpu").manual_seed(posterior_seed(this.seed)),
+                                 device=self.mean.device, dtype=torch.float32)
+            return self.mean + self.std * noise.to(self.mean.dtype)
+
         original = DiagonalGaussianDistribution.sample
         DiagonalGaussianDistribution.sample = float32_posterior_sample
         try:
-            return reference(prompt=request.prompt, image=request.image, height=request.height, width=request.width,
-                             num_frames=request.num_frames, num_inference_steps=request.num_inference_steps,
-                             latents=initial.clone(), output_type=output_type).frames[0]
+            return reference(prompt=this.prompt, image=this.image, height=this.height, width=this.width,
+                             num_frames=this.num_frames, num_inference_steps=this.num_inference_steps,
+                             latents=initial, output_type="np").frames[0]
         finally:
             DiagonalGaussianDistribution.sample = original
 
-    seconds, peak, video = timed(run, repeats=repeats)
-    latents = run("latent").float().cpu()[None]  # one more, untimed run for the latents
-    return seconds, peak, (video * 255).round().astype(np.uint8), latents
+    if warmup_request is not None:
+        run(warmup_request)
+    seconds, peak, video = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
+    del reference
+    return seconds, peak, (video * 255).round().astype(np.uint8), final_latents[0]
 
 
 def difference(ours: np.ndarray, reference: np.ndarray, ours_latents=None, reference_latents=None) -> dict:

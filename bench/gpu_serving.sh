@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: a Python environment whose numpy is 1.26 (the pytriton stub needs NumPy 1.x, see
 # gpu_serving.py), with the system's torch and transformers, the trimmed tritonserver from the
-# nvidia-pytriton wheel and tritonclient's Python code; then the served-vs-in-process benchmark.
+# nvidia-pytriton wheel and tritonclient's Python code; then the served-vs-in-process benchmark, or
+# the script named by SCRIPT (bench/multi_gpu_serving.py on a machine of several GPUs).
 # Expects, in .whl/: numpy-1.26.4 (cp312), diffusers, importlib_metadata wheels, triton-py312.tar.xz
 # (pytriton/tritonserver + nvidia_pytriton.libs) and tritonclient-py.tar.xz.
 set -euo pipefail
@@ -14,8 +15,11 @@ SITE=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["p
 echo "$PARENT_SITE" > "$SITE/parent-environment.pth"
 if [ "${NUMPY1:-1}" = 1 ]; then
     # That environment's scikit-learn and SciPy are built for NumPy 2 and fail to import under 1.26;
-    # transformers imports scikit-learn only if it finds it, and OpenSpeedy needs neither.
-    echo 'import sys; sys.modules.setdefault("sklearn", None)' > "$SITE/sitecustomize.py"
+    # transformers and diffusers import them only where importlib finds them (None in sys.modules
+    # reads as "not installed" to importlib.util.find_spec), and OpenSpeedy needs neither. A .pth
+    # line, not sitecustomize.py: Ubuntu's own /usr/lib/python3.12/sitecustomize.py comes first.
+    echo 'import sys; [sys.modules.setdefault(_name, None) for _name in ("sklearn", "scipy")]' \
+        > "$SITE/hide-numpy2-only-packages.pth"
 fi
 # NUMPY1=0 keeps the machine's NumPy 2 (OpenSpeedy moves every non-BYTES tensor through DLPack).
 NUMPY_WHEEL=$([ "${NUMPY1:-1}" = 1 ] && echo .whl/numpy-1.26.4-*.whl || true)
@@ -25,5 +29,7 @@ NUMPY_WHEEL=$([ "${NUMPY1:-1}" = 1 ] && echo .whl/numpy-1.26.4-*.whl || true)
 tar xJf .whl/triton-py312.tar.xz -C "$SITE"
 tar xJf .whl/tritonclient-py.tar.xz -C "$SITE"
 export PATH=/tmp/venv/bin:$PATH PYTHONUNBUFFERED=1
-python -c 'import numpy, torch, transformers; print("numpy", numpy.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
-python bench/gpu_serving.py --out "$OUT" "$@"
+# What the Python backend stub will import, checked first (a failure here is clearer than in the stub).
+python -c 'import numpy, torch, transformers, openspeedy.components, openspeedy.pipeline, openspeedy.video
+print("numpy", numpy.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
+python "${SCRIPT:-bench/gpu_serving.py}" --out "$OUT" "$@"

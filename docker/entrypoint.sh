@@ -17,7 +17,17 @@ if ! find "$repository" -mindepth 2 -maxdepth 2 -name config.pbtxt 2>/dev/null |
     exit 2
 fi
 
-exec tritonserver \
+# The python backend moves GPU tensors between model processes through a per-GPU CUDA pool (Triton's
+# default, 64 MiB, runs dry at 704x1280 and falls back to host copies); openspeedy.server sets the same.
+pools=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    for gpu in $(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null); do
+        pools="$pools --cuda-memory-pool-byte-size=$gpu:${OPENSPEEDY_CUDA_POOL_BYTES:-268435456}"
+    done
+fi
+
+# shellcheck disable=SC2086 # $pools is a list of flags
+exec tritonserver $pools \
     --model-repository="$repository" \
     --http-port="${OPENSPEEDY_HTTP_PORT:-8000}" \
     --grpc-port="${OPENSPEEDY_GRPC_PORT:-8001}" \

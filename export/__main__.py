@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="model repository to write")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids for --device gpu (default: all)")
+    parser.add_argument("--per-gpu-components", action="store_true",
+                        help="with --device gpu --gpus 0,1,...: a copy of each component per GPU, so each GPU's "
+                             "orchestrator keeps its sub-requests and tensors on its own GPU")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="compute precision (default: float16 on gpu, float32 on cpu)")
     parser.add_argument("--entry-instances", type=int, default=1,
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> Path:
     options = ExportOptions(
         device=args.device,
         gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
+        per_gpu_components=args.per_gpu_components,
         dtype=args.dtype or ("float16" if args.device == "gpu" else "float32"),
         entry_instances=args.entry_instances,
         component_instances=args.component_instances,

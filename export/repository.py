@@ -56,6 +56,13 @@ class ExportOptions:
     unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
     unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (export/unet_runtime.py)
     unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
+    # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
+    # and the orchestrators on each GPU call their own GPU's copies, so no tensor crosses GPUs.
+    per_gpu_components: bool = False
+
+    def __post_init__(self):
+        if self.per_gpu_components and (self.device != "gpu" or not self.gpus):
+            raise ValueError("per_gpu_components needs device 'gpu' and the GPUs named (gpus, --gpus 0,1)")
 
 
 def _place(source: Path, destination: Path) -> None:
@@ -78,23 +85,18 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
     kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
     configs = {}
     for contract in contracts.COMPONENTS:
-        group = InstanceGroup(kind, options.component_instances, options.gpus)
-        if contract is contracts.UNET and options.unet_runtime != "torch":
-            configs[contract.name] = unet_runtime.unet_config(options, group)
-            continue
-        parameters = {"dtype": options.dtype}
-        if options.warmup_shapes and contract in (contracts.UNET, contracts.VAE_DECODER):
-            parameters["warmup_shapes"] = options.warmup_shapes
-        if contract is contracts.UNET and options.unet_compile_mode:
-            parameters["compile_mode"] = options.unet_compile_mode
-        if contract is contracts.VAE_DECODER:
-            parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
-            parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
-        configs[contract.name] = render_config(contract, instance_group=group, parameters=parameters)
+        if options.per_gpu_components:
+            copies = {contracts.gpu_model_name(contract.name, gpu): (gpu,) for gpu in options.gpus}
+        else:
+            copies = {contract.name: options.gpus}
+        for name, gpus in copies.items():
+            group = InstanceGroup(kind, options.component_instances, gpus)
+            configs[name] = _component_config(contract, options, group, name)
     entry_parameters = (
         options.settings.as_parameters()
         | options.cache.as_parameters()
         | {"vae_scaling_factor": str(vae_scaling_factor)}
+        | ({"components_per_gpu": "true"} if options.per_gpu_components else {})
     )
     for contract in contracts.ENTRY_MODELS:
         group = InstanceGroup(kind, options.entry_instances, options.gpus)
@@ -102,6 +104,23 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
             contract, instance_group=group, parameters=entry_parameters, queue=options.queue
         )
     return configs
+
+
+def _component_config(contract: contracts.ModelContract, options: ExportOptions, group: InstanceGroup,
+                      name: str) -> str:
+    if contract is contracts.UNET and options.unet_runtime != "torch":
+        return unet_runtime.unet_config(options, group, name)
+    parameters = {"dtype": options.dtype}
+    if options.warmup_shapes and contract in (contracts.UNET, contracts.VAE_DECODER):
+        parameters["warmup_shapes"] = options.warmup_shapes
+    if contract is contracts.UNET and options.unet_compile_mode:
+        # The benchmarked compiled runtime (bench/unet_speed.py "compile-layout"): fused QKV projections
+        # and temporal convolutions as 2D ones, inside the channels-last graph (openspeedy/unet_layout.py).
+        parameters |= {"compile_mode": options.unet_compile_mode, "fuse_qkv": "true", "temporal_conv2d": "true"}
+    if contract is contracts.VAE_DECODER:
+        parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
+        parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
+    return render_config(contract, instance_group=group, parameters=parameters, name=name)
 
 
 def write_source_configs(source_repository: Path = SOURCE_REPOSITORY) -> None:
@@ -129,16 +148,22 @@ def build_repository(
         prompt_fingerprint=fingerprint_files(checkpoint / "text_encoder", checkpoint / "tokenizer"),
     ))
     weights = dict(WEIGHT_FOLDERS) | {contract.name: ("scheduler",) for contract in contracts.ENTRY_MODELS}
+    built_unet = None  # an ONNX graph or engine is made once and linked into the other GPUs' copies
     for name, config in model_configs(options, vae_config["scaling_factor"]).items():
+        component = contracts.component_of(name)
         version = output / name / "1"
         version.mkdir(parents=True, exist_ok=True)
-        if name == contracts.UNET.name:
+        if component == contracts.UNET.name:
             unet_runtime.remove_runtime_files(version)  # switching runtimes leaves nothing stale
-        if name == contracts.UNET.name and options.unet_runtime != "torch":
-            unet_runtime.write_unet(checkpoint, output / name, options, source_repository)  # ONNX graph or engine
+        if component == contracts.UNET.name and options.unet_runtime != "torch":
+            if built_unet is None:
+                unet_runtime.write_unet(checkpoint, output / name, options, source_repository)  # graph or engine
+                built_unet = version
+            else:
+                _place(built_unet, version)
         else:
-            for folder in weights[name]:
+            for folder in weights[component]:
                 _place(checkpoint / folder, version / folder)
-            shutil.copy2(source_repository / name / "1" / "model.py", version / "model.py")
+            shutil.copy2(source_repository / component / "1" / "model.py", version / "model.py")
         (output / name / "config.pbtxt").write_text(config)
     return output

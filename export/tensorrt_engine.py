@@ -241,11 +241,11 @@ def _check_network(trt, network) -> None:
                                f"{spec.datatype} (INT64 inputs need TensorRT 10 or later)")
 
 
-def tensorrt_config(instance_group: InstanceGroup) -> str:
+def tensorrt_config(instance_group: InstanceGroup, name: str | None = None) -> str:
     """The ``tensorrt_plan`` config.pbtxt of the `unet` model: the contract's tensors, GPU instances."""
     if instance_group.kind != "KIND_GPU":
         raise ValueError("a TensorRT engine runs on GPUs: export with --device gpu")
-    return render_config(contracts.UNET, backend="tensorrt_plan", instance_group=instance_group)
+    return render_config(contracts.UNET, backend="tensorrt_plan", instance_group=instance_group, name=name)
 
 
 def add_profile_arguments(parser) -> None:

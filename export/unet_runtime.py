@@ -38,14 +38,14 @@ def resolve(options: "ExportOptions") -> "ExportOptions":
     return options
 
 
-def unet_config(options: "ExportOptions", instance_group: InstanceGroup) -> str:
+def unet_config(options: "ExportOptions", instance_group: InstanceGroup, name: str | None = None) -> str:
     """config.pbtxt of `unet` for the onnxruntime and tensorrt runtimes (torch: the common rendering)."""
     if options.unet_runtime == "onnxruntime":
         # The graph is FP32 whatever ``options.dtype`` says: its precision is fixed at export.
         parameters = {"dtype": "float32", "runtime": "onnxruntime"}
-        return render_config(contracts.UNET, instance_group=instance_group, parameters=parameters)
+        return render_config(contracts.UNET, instance_group=instance_group, parameters=parameters, name=name)
     if options.unet_runtime == "tensorrt":
-        return tensorrt_config(instance_group)
+        return tensorrt_config(instance_group, name)
     raise ValueError(f"unet_config is for the onnxruntime and tensorrt runtimes, not {options.unet_runtime!r}")
 
 

@@ -25,7 +25,8 @@ def _server_options(args: argparse.Namespace):
     from openspeedy.server import ServerOptions
 
     repository = args.model_repository or tiny_repository()
-    return ServerOptions(repository, args.host, args.http_port, args.grpc_port, args.metrics_port, args.log_verbose)
+    return ServerOptions(repository, args.host, args.http_port, args.grpc_port, args.metrics_port, args.log_verbose,
+                         restart_dead_stubs=not args.no_watchdog)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--grpc-port", type=int, default=8001)
         command.add_argument("--metrics-port", type=int, default=8002)
         command.add_argument("--log-verbose", type=int, default=0)
+        command.add_argument("--no-watchdog", action="store_true",
+                             help="do not reload a model whose python backend stub died (see openspeedy/watchdog.py)")
 
     from openspeedy.client import cli as client_cli
     from openspeedy.export import __main__ as export_cli  # argument definitions only; heavy imports are lazy

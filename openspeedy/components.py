@@ -27,6 +27,7 @@ from openspeedy import contracts
 from openspeedy.contracts import ModelContract
 from openspeedy.fp8 import convert_linears_to_fp8, fp8_supported
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
+from openspeedy.unet_layout import temporal_convs_as_2d, to_channels_last
 from openspeedy.unet_onnx import OnnxRuntimeUNet
 
 # Sub-folders of a model version directory, in the diffusers checkpoint layout.
@@ -134,6 +135,10 @@ class UNet:
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
         if _flag(options, "fuse_qkv"):
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
+        if _flag(options, "temporal_conv2d"):
+            temporal_convs_as_2d(self.model)  # joins the channels-last graph, see openspeedy/unet_layout.py
+        if _flag(options, "channels_last"):
+            to_channels_last(self.model)
         if _flag(options, "fp8"):
             if not fp8_supported(device):
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
@@ -144,6 +149,14 @@ class UNet:
             if options.get("compile_cache_dir"):
                 # Inductor's on-disk caches make a restart reuse the kernels compiled before it.
                 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options["compile_cache_dir"])
+            if _flag(options, "inductor_tuning"):
+                # Process-wide, and each Triton model instance is its own process. 1x1 convolutions as
+                # matrix products and coordinate-descent tuning of the generated kernels' launch
+                # parameters: slower compilation for faster kernels.
+                import torch._inductor.config as inductor_config
+
+                inductor_config.conv_1x1_as_mm = True
+                inductor_config.coordinate_descent_tuning = True
             # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs
             # ("reduce-overhead") need them.
             self.model = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode,

@@ -6,6 +6,7 @@ tests all read these declarations, so a name, dtype or shape lives in exactly on
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,10 @@ class ModelContract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     decoupled: bool = False
+    # Where a caller on a GPU wants this model's outputs: on its own device (the default: a BLS
+    # output left to Triton comes back in host memory, a round trip per call), or in host memory
+    # when they are headed for the client anyway (the decoded frames).
+    outputs_to_host: bool = False
 
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, self.name)
@@ -119,6 +124,7 @@ VAE_DECODER = ModelContract(
         TensorSpec("DECODE_CHUNK_SIZE", "INT32", (1,), description="frames per VAE call, 0 = automatic"),
     ),
     outputs=(TensorSpec("FRAMES", "UINT8", (-1, -1, -1, 3), description="[F, H, W, 3] RGB frames"),),
+    outputs_to_host=True,
 )
 
 _ENTRY_INPUTS = (
@@ -148,3 +154,19 @@ COMPONENTS = (TEXT_ENCODER, IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
 ENTRY_MODELS = (I2VGEN_XL, I2VGEN_XL_STREAM)
 ALL_MODELS = ENTRY_MODELS + COMPONENTS
 BY_NAME = {contract.name: contract for contract in ALL_MODELS}
+
+
+# Per-GPU placement (export's --per-gpu-components): one copy of each component model per GPU, named
+# "<component>_gpu<N>" and pinned to GPU N, so an orchestrator on GPU N keeps its sub-requests, and
+# the tensors they carry, on its own GPU. Triton itself picks any instance of a model, on any GPU.
+_GPU_COPY = re.compile(r"^(?P<component>.+)_gpu(?P<gpu>\d+)$")
+
+
+def gpu_model_name(component: str, gpu: int) -> str:
+    return f"{component}_gpu{gpu}"
+
+
+def component_of(model_name: str) -> str:
+    """The component a model serves: "unet" for both "unet" and its per-GPU copy "unet_gpu1"."""
+    match = _GPU_COPY.match(model_name)
+    return match["component"] if match else model_name

@@ -41,9 +41,11 @@ def render_config(
     instance_group: InstanceGroup = InstanceGroup(),
     parameters: Mapping[str, str] | None = None,
     queue: QueuePolicy | None = None,
+    name: str | None = None,
 ) -> str:
+    """config.pbtxt text of ``contract``'s model (named ``name``: a per-GPU copy, else the contract's)."""
     lines = [
-        f'name: "{contract.name}"',
+        f'name: "{name or contract.name}"',
         f'backend: "{backend}"' if backend != "tensorrt_plan" else 'platform: "tensorrt_plan"',
         "max_batch_size: 0",
         "input [",

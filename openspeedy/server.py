@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openspeedy.watchdog import EXPLICIT_MODEL_CONTROL, StubWatchdog
+
 CONTAINER_ROOT = Path("/opt/tritonserver")
 
 
@@ -81,11 +83,26 @@ class ServerOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     log_verbose: int = 0
+    # Per GPU. The python backend moves GPU tensors between model processes through this pool and
+    # falls back to host copies when it runs dry: Triton's 64 MiB default is three denoising steps'
+    # tensors at 704x1280.
+    cuda_memory_pool_bytes: int = 256 * 2**20
+    # Reload a model whose python backend stub died (openspeedy/watchdog.py); turns on explicit model
+    # control, which loads every model at start as the default mode does.
+    restart_dead_stubs: bool = True
     extra_args: list[str] = field(default_factory=list)
 
 
 def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+def _gpu_count() -> int:
+    if not _has_gpu():
+        return 0
+    import torch  # only where there are GPUs: counts the ones CUDA_VISIBLE_DEVICES leaves visible
+
+    return torch.cuda.device_count()
 
 
 class TritonServer:
@@ -95,6 +112,7 @@ class TritonServer:
         self.options = options
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.watchdog: StubWatchdog | None = None
         self._log = None
 
     @property
@@ -126,6 +144,8 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-timeout-secs=30",
             f"--log-verbose={o.log_verbose}",
+            *(f"--cuda-memory-pool-byte-size={gpu}:{o.cuda_memory_pool_bytes}" for gpu in range(_gpu_count())),
+            *(EXPLICIT_MODEL_CONTROL if o.restart_dead_stubs else ()),
             *o.extra_args,
         ]
 
@@ -153,6 +173,8 @@ class TritonServer:
         )
         try:
             self.wait_ready(timeout)
+            if self.options.restart_dead_stubs:
+                self.watchdog = StubWatchdog(self.process.pid, self.options.model_repository, self.http_url).start()
         except BaseException:
             self.stop()
             raise
@@ -182,6 +204,9 @@ class TritonServer:
         """SIGTERM (Triton unloads its models and stops its stubs), then SIGKILL to the group if it hangs."""
         if self.process is None:
             return None
+        if self.watchdog is not None:
+            self.watchdog.stop()  # first: the models' stubs end with the server, nothing to reload
+            self.watchdog = None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -75,6 +75,41 @@ def test_gpu_export_places_instances_on_gpus(tiny_checkpoint, tmp_path):
     assert entry["default_num_frames"].string_value == "16"  # the reference pipeline's default
 
 
+def test_per_gpu_export_pins_a_copy_of_each_component_to_each_gpu(tiny_checkpoint, tmp_path):
+    from openspeedy.export.repository import ExportOptions, build_repository
+
+    options = ExportOptions(device="gpu", gpus=(0, 1), dtype="float16", per_gpu_components=True)
+    repository = build_repository(tiny_checkpoint, tmp_path / "per_gpu", options)
+    for contract in contracts.COMPONENTS:
+        assert not (repository / contract.name).exists()
+        for gpu in (0, 1):
+            name = contracts.gpu_model_name(contract.name, gpu)
+            config = parse(repository / name / "config.pbtxt")
+            assert config.name == name and list(config.instance_group[0].gpus) == [gpu]
+            assert tensors(config.input, True) == {s.name: (s.datatype, s.dims, s.optional) for s in contract.inputs}
+            assert (repository / name / "1" / "model.py").read_text() == (
+                SOURCE / contract.name / "1" / "model.py").read_text()
+            assert contracts.component_of(name) == contract.name
+    for contract in contracts.ENTRY_MODELS:  # orchestrators on every GPU, each routing to its own copies
+        config = parse(repository / contract.name / "config.pbtxt")
+        assert list(config.instance_group[0].gpus) == [0, 1]
+        assert config.parameters["components_per_gpu"].string_value == "true"
+
+
+@pytest.mark.parametrize("options", [dict(device="cpu"), dict(device="gpu", gpus=())])
+def test_per_gpu_export_needs_named_gpus(options):
+    from openspeedy.export.repository import ExportOptions
+
+    with pytest.raises(ValueError, match="per_gpu_components needs device 'gpu' and the GPUs named"):
+        ExportOptions(per_gpu_components=True, **options)
+
+
+def test_component_of_a_model_name():
+    assert contracts.component_of("unet") == "unet"
+    assert contracts.component_of("vae_decoder_gpu12") == "vae_decoder"
+    assert contracts.component_of("i2vgen_xl") == "i2vgen_xl"
+
+
 def test_committed_configs_are_the_rendered_defaults():
     from openspeedy.export.repository import ExportOptions, PUBLISHED_VAE_SCALING_FACTOR, model_configs
 
@@ -91,6 +126,8 @@ def test_export_command_line_reaches_the_configs(tmp_path):
     unet = parse(output / "unet" / "config.pbtxt")
     assert unet.parameters["warmup_shapes"].string_value == "2x64x64"
     assert unet.parameters["compile_mode"].string_value == "default"
+    # the benchmarked compiled runtime: fused QKV, temporal convolutions in the channels-last graph
+    assert unet.parameters["fuse_qkv"].string_value == unet.parameters["temporal_conv2d"].string_value == "true"
     entry = parse(output / "i2vgen_xl" / "config.pbtxt")
     assert entry.dynamic_batching.default_queue_policy.max_queue_size == 3
     assert entry.parameters["cache_redis_url"].string_value == "redis://127.0.0.1:1/0"

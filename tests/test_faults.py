@@ -19,8 +19,11 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
   with 1 ("Exit timeout expired"), and so does a stop without the reload. Without explicit model control
   only a server restart recovers. The killed stub's /dev/shm region is never removed (the test does it).
 
-Operators therefore cannot rely on Triton's readiness probe to notice a dead stub: probe with an
-inference (or watch nv_inference_request_failure) and reload the model or restart the pod.
+OpenSpeedy's launcher (`openspeedy serve`, openspeedy.server.TritonServer) therefore watches the stubs
+itself and does that reload (openspeedy/watchdog.py; asserted below for the unet and for the entry model):
+the request in flight fails, the model is back within seconds, the server stays ready. Where
+tritonserver runs without the launcher (the container's entrypoint), Triton's readiness probe does not
+notice a dead stub: probe with an inference (or watch nv_inference_request_failure) and restart the pod.
 
 Restart mid-load (asserted: every request sent before the SIGTERM ends, within a bound, with its video of
 the right shape or with an error carrying a message; a new server on the same ports serves again). Seen on
@@ -164,9 +167,9 @@ def _clean_up_after(stubs: dict[int, tuple[psutil.Process, str | None]]) -> list
     return left
 
 
-def _options(repository: Path, *extra: str) -> ServerOptions:
+def _options(repository: Path, *extra: str, watchdog: bool = True) -> ServerOptions:
     return ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                         extra_args=list(extra))
+                         extra_args=list(extra), restart_dead_stubs=watchdog)
 
 
 def test_restart_mid_load_loses_no_accepted_request(tiny_repository):
@@ -225,26 +228,61 @@ def test_restart_mid_load_loses_no_accepted_request(tiny_repository):
         _clean_up_after(stubs)
 
 
+def _kill_mid_request(server: TritonServer, victim: psutil.Process) -> dict:
+    """Two long requests (gRPC and HTTP) under way, then ``victim`` killed: their outcomes by protocol."""
+    executions_before = _stats(server, "unet")["execution_count"]
+    outcomes: dict = {}
+    threads = [_request_thread(server, protocol, LONG, outcomes, protocol) for protocol in ("grpc", "http")]
+    # kill once the denoising loop is under way, with many unet calls still to come
+    _wait_until(lambda: _stats(server, "unet")["execution_count"] >= executions_before + 2, 120,
+                "the unet to start working")
+    assert not outcomes, f"a long request finished before the kill: {outcomes}"
+    victim.kill()
+    for thread in threads:
+        thread.join(REQUEST_TIMEOUT_S + 30)
+    assert not any(thread.is_alive() for thread in threads), "a request in flight hung after the stub died"
+    return outcomes
+
+
+@pytest.mark.parametrize("model", ["unet", "i2vgen_xl"])
+def test_watchdog_reloads_a_model_whose_stub_died(tiny_repository, model):
+    """What `openspeedy serve` does (openspeedy/watchdog.py): the request in flight fails, the model is
+    loaded again within seconds, later requests succeed and the server stays ready throughout."""
+    server = TritonServer(_options(tiny_repository, "--exit-timeout-secs=5"),
+                          log_path=LOGS / f"faults-watchdog-{model}.log")
+    server.start()
+    stubs = _stub_processes(server)
+    try:
+        (victim,) = _stubs(server, model, tiny_repository)
+        outcomes = _kill_mid_request(server, victim)
+        for protocol in ("grpc", "http"):
+            kind, value, _ = outcomes[protocol]
+            assert kind == "error" and isinstance(value, GenerationError), f"{protocol}: {value!r}"
+            assert str(value), f"{protocol}: an error without a message"
+        _wait_until(lambda: [m for m, _ in server.watchdog.reloads] == [model], 60, f"the watchdog to reload {model}")
+        (new_stub,) = _stubs(server, model, tiny_repository)
+        assert new_stub.pid != victim.pid
+        stubs.update(_stub_processes(server))
+        assert _status(f"http://{server.http_url}/v2/health/ready") == 200
+        for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+            with Client(url, protocol, timeout_s=60) as client:
+                assert client.generate(IMAGE, "after", **QUICK).frames.shape == (2, 32, 32, 3)
+        assert [m for m, _ in server.watchdog.reloads] == [model], "a model was reloaded that had not died"
+    finally:
+        server.stop()
+        _clean_up_after(stubs)
+
+
 def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_repository):
+    """Triton's own behaviour, without OpenSpeedy's watchdog (see the module's docstring)."""
     # the dead instance holds up the final stop for --exit-timeout-secs: keep that short here
     server = TritonServer(_options(tiny_repository, "--model-control-mode=explicit", "--load-model=*",
-                                   "--exit-timeout-secs=5"), log_path=LOGS / "faults-stub-kill.log")
+                                   "--exit-timeout-secs=5", watchdog=False), log_path=LOGS / "faults-stub-kill.log")
     server.start()
     stubs = _stub_processes(server)
     try:
         (unet,) = _stubs(server, "unet", tiny_repository)
-        executions_before = _stats(server, "unet")["execution_count"]
-
-        outcomes: dict = {}
-        threads = [_request_thread(server, protocol, LONG, outcomes, protocol) for protocol in ("grpc", "http")]
-        # kill once the denoising loop is under way, with many unet calls still to come
-        _wait_until(lambda: _stats(server, "unet")["execution_count"] >= executions_before + 2, 120,
-                    "the unet to start working")
-        assert not outcomes, f"a long request finished before the kill: {outcomes}"
-        unet.kill()
-        for thread in threads:
-            thread.join(REQUEST_TIMEOUT_S + 30)
-        assert not any(thread.is_alive() for thread in threads), "a request in flight hung after the stub died"
+        outcomes = _kill_mid_request(server, unet)
         for protocol in ("grpc", "http"):
             kind, value, _ = outcomes[protocol]
             assert kind == "error", f"{protocol}: the request in flight got a video although its unet died"

@@ -5,6 +5,7 @@ step; the server keeps serving whatever a request does."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -49,9 +50,11 @@ class EntryModel:
         self.cache_metrics = TritonCacheMetrics()
         self.metrics = ServingMetrics(self.model_name)
         caches = EncodingCaches(CacheSettings.from_parameters(parameters), self.cache_metrics)
-        self.pipeline = I2VGenXL(
-            bls_call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches
-        )
+        per_gpu = parameters.get("components_per_gpu", "false") == "true"
+        if per_gpu and self.device.type != "cuda":
+            raise ValueError("components_per_gpu needs the orchestrator on a GPU (instance kind KIND_GPU)")
+        call = functools.partial(bls_call, device=self.device, per_gpu=per_gpu)
+        self.pipeline = I2VGenXL(call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches)
 
     def execute(self, requests):
         responses = []

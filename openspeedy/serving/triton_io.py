@@ -10,6 +10,7 @@ import torch
 import triton_python_backend_utils as pb_utils  # only importable inside a Triton python backend stub
 from torch.utils.dlpack import to_dlpack
 
+from openspeedy import contracts
 from openspeedy.contracts import ModelContract, TensorSpec
 from openspeedy.errors import InvalidInput
 
@@ -64,16 +65,31 @@ class ComponentError(RuntimeError):
     pass
 
 
-def bls_call(contract: ModelContract, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """One synchronous BLS sub-request to a component model; raises ComponentError on its error."""
+def bls_call(
+    contract: ModelContract, inputs: Mapping[str, Any], device: torch.device | None = None, per_gpu: bool = False
+) -> dict[str, Any]:
+    """One synchronous BLS sub-request to a component model; raises ComponentError on its error.
+
+    A caller on a GPU ``device`` gets the outputs there (unless the contract sends them to the host):
+    without a preferred memory Triton hands BLS outputs back in host memory, which costs every
+    denoising step a device-to-host-to-device round trip and a synchronization. With ``per_gpu`` the
+    request goes to the component's copy on the caller's GPU (contracts.gpu_model_name)."""
+    on_gpu = device is not None and device.type == "cuda"
+    if per_gpu and not on_gpu:
+        raise ValueError("per-GPU component copies need the orchestrator on a GPU (instance kind KIND_GPU)")
+    model_name = contracts.gpu_model_name(contract.name, device.index or 0) if per_gpu else contract.name
+    options = {}
+    if on_gpu and not contract.outputs_to_host:
+        options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, device.index or 0)
     request = pb_utils.InferenceRequest(
-        model_name=contract.name,
+        model_name=model_name,
         requested_output_names=list(contract.output_names),
         inputs=[to_triton(name, value) for name, value in inputs.items()],
+        **options,
     )
     response = request.exec()
     if response.has_error():
-        raise ComponentError(f"model '{contract.name}' failed: {response.error().message()}")
+        raise ComponentError(f"model '{model_name}' failed: {response.error().message()}")
     return {
         spec.name: to_torch(pb_utils.get_output_tensor_by_name(response, spec.name), spec) for spec in contract.outputs
     }
