@@ -31,8 +31,6 @@ VARIANTS = {
     # Temporal convolutions as 2D ones, channels-last weights: see openspeedy/unet_layout.py.
     "eager-layout": {"fuse_qkv": "true", "temporal_conv2d": "true", "channels_last": "true"},
     "compile-layout": {"fuse_qkv": "true", "temporal_conv2d": "true", "compile_mode": "default"},
-    "compile-tuned": {"fuse_qkv": "true", "temporal_conv2d": "true", "compile_mode": "default",
-                      "inductor_tuning": "true"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
     "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
     "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},

@@ -149,14 +149,6 @@ class UNet:
             if options.get("compile_cache_dir"):
                 # Inductor's on-disk caches make a restart reuse the kernels compiled before it.
                 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options["compile_cache_dir"])
-            if _flag(options, "inductor_tuning"):
-                # Process-wide, and each Triton model instance is its own process. 1x1 convolutions as
-                # matrix products and coordinate-descent tuning of the generated kernels' launch
-                # parameters: slower compilation for faster kernels.
-                import torch._inductor.config as inductor_config
-
-                inductor_config.conv_1x1_as_mm = True
-                inductor_config.coordinate_descent_tuning = True
             # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs
             # ("reduce-overhead") need them.
             self.model = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode,

@@ -44,9 +44,8 @@ class ModelContract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     decoupled: bool = False
-    # Where a caller on a GPU wants this model's outputs: on its own device (the default: a BLS
-    # output left to Triton comes back in host memory, a round trip per call), or in host memory
-    # when they are headed for the client anyway (the decoded frames).
+    # Where a caller on a GPU wants this model's outputs: on its own device (the default), or in host
+    # memory when they are headed for the client anyway (the decoded frames).
     outputs_to_host: bool = False
 
     def input(self, name: str) -> TensorSpec:

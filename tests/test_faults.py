@@ -1,5 +1,5 @@
 """Faults on a server of this module's own (never the session's): a Python backend stub killed
-mid-request, and the server restarted mid-load.
+mid-request, the server restarted mid-load, and a model running out of device memory (simulated).
 
 What tritonserver 2.51's python backend does when a model's stub process dies (measured here with the
 nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that changes it is noticed):
@@ -51,6 +51,8 @@ exit timeout longer than the longest video.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 import urllib.error
@@ -335,3 +337,47 @@ def _pending(server: TritonServer) -> int:
         if line.startswith("nv_inference_pending_request_count") and 'model="i2vgen_xl"' in line:
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+# A unet that runs out of device memory on 7-frame videos, as a full GPU would on a request too large
+# for it (CPU machines cannot run out of device memory on demand).
+_OOM_UNET = '''
+import torch
+
+from openspeedy.serving.component_model import component_model
+
+
+class TritonPythonModel(component_model("unet")):
+    def initialize(self, args):
+        super().initialize(args)
+        infer = self.component.infer
+
+        def infer_or_run_out_of_memory(inputs):
+            if inputs["SAMPLE"].shape[2] == 7:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            return infer(inputs)
+
+        self.component.infer = infer_or_run_out_of_memory
+'''
+
+
+def test_out_of_memory_in_a_model_is_that_requests_error(tiny_repository, tmp_path):
+    repository = tmp_path / "models"
+    shutil.copytree(tiny_repository, repository, copy_function=os.link)
+    (repository / "unet" / "1" / "model.py").unlink()  # a hard link: never write through it
+    (repository / "unet" / "1" / "model.py").write_text(_OOM_UNET)
+    server = TritonServer(_options(repository), log_path=LOGS / "faults-oom.log")
+    server.start()
+    stubs = _stub_processes(server)
+    try:
+        for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+            with Client(url, protocol, timeout_s=60) as client:
+                with pytest.raises(GenerationError, match=r"unet.*OutOfMemoryError.*out of memory") as failed:
+                    client.generate(IMAGE, "too big", **dict(QUICK, num_frames=7))
+                assert not failed.value.retryable  # the same request would fail again
+                assert client.generate(IMAGE, "fits", **QUICK).frames.shape == (2, 32, 32, 3)
+        assert _status(f"http://{server.http_url}/v2/health/ready") == 200
+        assert not server.watchdog.reloads, "a failed request must not take a model down"
+    finally:
+        server.stop()
+        _clean_up_after(stubs)

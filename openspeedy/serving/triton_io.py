@@ -70,13 +70,11 @@ def bls_call(
 ) -> dict[str, Any]:
     """One synchronous BLS sub-request to a component model; raises ComponentError on its error.
 
-    A caller on a GPU ``device`` gets the outputs there (unless the contract sends them to the host):
-    without a preferred memory Triton hands BLS outputs back in host memory, which costs every
-    denoising step a device-to-host-to-device round trip and a synchronization. With ``per_gpu`` the
-    request goes to the component's copy on the caller's GPU (contracts.gpu_model_name)."""
+    A caller on a GPU ``device`` asks for the outputs there (unless the contract sends them to the
+    host): without a preferred memory their placement is Triton's choice, host memory in some releases
+    (a round trip per denoising step). With ``per_gpu`` the request goes to the component's copy on the
+    caller's GPU (contracts.gpu_model_name)."""
     on_gpu = device is not None and device.type == "cuda"
-    if per_gpu and not on_gpu:
-        raise ValueError("per-GPU component copies need the orchestrator on a GPU (instance kind KIND_GPU)")
     model_name = contracts.gpu_model_name(contract.name, device.index or 0) if per_gpu else contract.name
     options = {}
     if on_gpu and not contract.outputs_to_host:
