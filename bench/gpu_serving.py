@@ -6,7 +6,10 @@ stub reads NumPy 2 arrays wrongly (every element as the first one). Its pybind11
 NumPy 2, whose array descriptor layout changed, so the stub must import numpy 1.26 (see
 bench/gpu_serving.sh, which builds such an environment from carried wheels).
 
-Usage: python bench/gpu_serving.py --out DIR [--requests 3] [--steps 50]
+Also records Triton's per-model statistics, the orchestrator's mean step, and the in-process time with
+a synchronization after every UNet call (what a call through Triton imposes).
+
+Usage: python bench/gpu_serving.py --out DIR [--requests 3] [--steps 50] [--unet-compile-mode MODE]
 """
 
 from __future__ import annotations
