@@ -79,7 +79,8 @@ def main() -> None:
     def save() -> None:
         (args.out / "end_to_end.json").write_text(json.dumps(results, indent=2))
 
-    others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name) for name in WEIGHT_FOLDERS if name != "unet"}
+    others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name)
+              for name in WEIGHT_FOLDERS if name != "unet"}
     for frames, height, width in parse_shapes(args.sizes):
         request = video_request(args.steps, frames, height, width)
         warmup = video_request(2, frames, height, width)

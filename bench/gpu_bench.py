@@ -190,8 +190,8 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
                                device=DEVICE, dtype=torch.float32).to(dtype)
 
         def float32_posterior_sample(self, generator=None):
-            noise = randn_tensor(self.mean.shape, generator=torch.Generator("cpu").manual_seed(posterior_seed(this.seed)),
-                                 device=self.mean.device, dtype=torch.float32)
+            generator = torch.Generator("cpu").manual_seed(posterior_seed(this.seed))
+            noise = randn_tensor(self.mean.shape, generator=generator, device=self.mean.device, dtype=torch.float32)
             return self.mean + self.std * noise.to(self.mean.dtype)
 
         original = DiagonalGaussianDistribution.sample

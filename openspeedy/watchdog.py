@@ -64,7 +64,8 @@ class StubWatchdog:
             self._thread.join(timeout=30)
 
     def _current(self) -> dict[str, set[int]]:
-        return {model: {p.pid for p in procs} for model, procs in stub_processes(self.server_pid, self.repository).items()}
+        stubs = stub_processes(self.server_pid, self.repository)
+        return {model: {process.pid for process in processes} for model, processes in stubs.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
