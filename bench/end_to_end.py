@@ -25,7 +25,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_bench import DEVICE, _driver, difference, run_openspeedy, run_reference, timed, video_request  # noqa: E402
+from gpu_bench import (  # noqa: E402
+    DEVICE,
+    _driver,
+    count_unet_flops,
+    difference,
+    run_openspeedy,
+    run_reference,
+    timed,
+    video_request,
+)
 from unet_speed import VARIANTS  # noqa: E402
 
 from export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
@@ -39,18 +48,6 @@ def unet_call(unet, frames: int, height: int, width: int, flops: int, repeats: i
     inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
     seconds, _, _ = timed(lambda: unet.infer(inputs), repeats=repeats, warmup=1)
     return dict(unet_ms=seconds * 1e3, unet_tflops=flops / seconds / 1e12)
-
-
-def count_flops(unet, frames: int, height: int, width: int) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    inputs = unet.example_inputs(frames, height, width)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        unet.eager_model(inputs["SAMPLE"].to(unet.dtype), inputs["TIMESTEP"], fps=inputs["FPS"],
-                         image_latents=inputs["IMAGE_LATENTS"].to(unet.dtype),
-                         image_embeddings=inputs["IMAGE_EMBEDDINGS"].to(unet.dtype),
-                         encoder_hidden_states=inputs["ENCODER_HIDDEN_STATES"].to(unet.dtype))
-    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -94,7 +91,7 @@ def main() -> None:
             torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
             unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, VARIANTS[name])
             if "flops" not in row:
-                row["flops"] = count_flops(unet, frames, height, width)
+                row["flops"] = count_unet_flops(unet, unet.example_inputs(frames, height, width))
             started = time.perf_counter()
             seconds, peak, video, latents = run_openspeedy(args.checkpoint, others | {"unet": unet}, request, 1, warmup)
             measured = dict(pipeline=f"openspeedy-{name}", seconds=seconds, peak_bytes=peak,

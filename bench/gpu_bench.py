@@ -98,20 +98,10 @@ def bench_image_work(components, height: int, width: int) -> dict:
     return dict(height=height, width=width, image_encoder_s=clip, vae_encoder_s=vae, saved_per_hit_s=clip + vae)
 
 
-def bench_unet(unet, text_width: int, frames=16, height=512, width=512) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    inputs = {
-        "SAMPLE": torch.randn(2, 4, frames, height // 8, width // 8, device=DEVICE),
-        "TIMESTEP": torch.tensor([500], device=DEVICE),
-        "ENCODER_HIDDEN_STATES": torch.randn(2, 77, text_width, device=DEVICE),
-        "FPS": torch.tensor([16, 16], device=DEVICE),
-        "IMAGE_LATENTS": torch.randn(2, 4, frames, height // 8, width // 8, device=DEVICE),
-        "IMAGE_EMBEDDINGS": torch.randn(2, 1, text_width, device=DEVICE),
-    }
-    with FlopCounterMode(display=False) as counter:
-        unet.infer(inputs)
-    flops = counter.get_total_flops()
+def bench_unet(unet, frames=16, height=512, width=512) -> dict:
+    inputs = unet.example_inputs(frames, height, width)
+    inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
+    flops = count_unet_flops(unet, inputs)
     seconds, peak, _ = timed(lambda: unet.infer(inputs), repeats=10, warmup=2)
     return dict(frames=frames, height=height, width=width, batch=2, flops=flops, eager_ms=seconds * 1e3,
                 eager_tflops=flops / seconds / 1e12, peak_bytes=peak)
@@ -141,6 +131,27 @@ def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 
         },
         RequestSettings(),
     )
+
+
+def count_unet_flops(unet, inputs) -> int:
+    """FLOPs of one call of the UNet component's eager model on ``inputs`` (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def floats(name: str) -> torch.Tensor:
+        return inputs[name].to(unet.dtype)
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet.eager_model(floats("SAMPLE"), inputs["TIMESTEP"], fps=inputs["FPS"],
+                         image_latents=floats("IMAGE_LATENTS"), image_embeddings=floats("IMAGE_EMBEDDINGS"),
+                         encoder_hidden_states=floats("ENCODER_HIDDEN_STATES"))
+    return counter.get_total_flops()
+
+
+def client_options(request) -> dict:
+    """``Client.generate`` keyword arguments for the benchmark's request (the image and prompt aside)."""
+    return dict(num_frames=request.num_frames, height=request.height, width=request.width,
+                num_inference_steps=request.num_inference_steps, seed=request.seed,
+                decode_chunk_size=request.decode_chunk_size)
 
 
 def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2, warmup_request=None):
@@ -258,8 +269,7 @@ def main() -> None:
     results["vae_decode"] = bench_decode(components["vae_decoder"].decoder, args.quick)
     results["image_work"] = [bench_image_work(components, 512, 512), bench_image_work(components, 704, 1280)]
     print(results["image_work"], flush=True)
-    width = 16 if args.smoke else 1024
-    results["unet"] = bench_unet(components["unet"], width)
+    results["unet"] = bench_unet(components["unet"])
     print(results["unet"], flush=True)
     results["end_to_end"] = bench_end_to_end(args.checkpoint, components, 5 if args.quick else args.steps)
     print(results["end_to_end"], flush=True)

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_bench import DEVICE, run_openspeedy, video_request  # noqa: E402
+from gpu_bench import DEVICE, client_options, run_openspeedy, video_request  # noqa: E402
 
 from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
 from export.repository import ExportOptions, build_repository, model_configs  # noqa: E402
@@ -116,8 +116,7 @@ def main() -> None:
     torch.cuda.empty_cache()
 
     repository = build_repository(args.checkpoint, Path("/tmp/gpu_repository"), export)
-    options = dict(num_frames=request.num_frames, height=request.height, width=request.width,
-                   num_inference_steps=request.num_inference_steps, seed=request.seed, decode_chunk_size=0)
+    options = client_options(request)
     server = TritonServer(ServerOptions(repository), log_path=args.out / "triton.log")
     started = time.perf_counter()
     server.start(timeout=900)

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpu_serving import model_statistics  # noqa: E402
 
 from export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
 from export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
@@ -56,9 +59,8 @@ def main() -> None:
         results["same_seed_same_video"] = all(
             np.array_equal(video, videos[seeds.index(seed)]) for seed, video in zip(seeds, videos))
         with Client(server.grpc_url) as client:
-            stats = client._client.get_inference_statistics(as_json=True)["model_stats"]
-        results["requests_per_model"] = {
-            m["name"]: int(m["inference_stats"]["success"].get("count", 0)) for m in stats}
+            results["requests_per_model"] = {
+                name: stats["requests"] for name, stats in model_statistics(client._client).items()}
     finally:
         server.stop()
     per_gpu = results["requests_per_model"]

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_bench import run_openspeedy, video_request  # noqa: E402
+from gpu_bench import client_options, run_openspeedy, video_request  # noqa: E402
 
 from export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
 from export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
@@ -60,8 +60,7 @@ def main() -> None:
     with TritonServer(ServerOptions(repository), log_path=work / "triton.log") as server:
         with Client(server.grpc_url, timeout_s=600) as client:
             for n, request in requests.items():
-                options = dict(num_frames=SIZE[0], height=SIZE[1], width=SIZE[2], num_inference_steps=n,
-                               seed=request.seed, decode_chunk_size=0)
+                options = client_options(request)
                 times = []
                 for _ in range(args.repeats + 1):  # the first warms up
                     started = time.perf_counter()

@@ -19,7 +19,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_bench import DEVICE, difference, run_openspeedy, run_reference, timed, video_request  # noqa: E402
+from gpu_bench import (  # noqa: E402
+    DEVICE,
+    count_unet_flops,
+    difference,
+    run_openspeedy,
+    run_reference,
+    timed,
+    video_request,
+)
 
 from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
 from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
@@ -39,19 +47,13 @@ VARIANTS = {
 
 
 def measure(checkpoint: Path, name: str, reference_out: torch.Tensor | None, inputs) -> tuple[dict, object]:
-    from torch.utils.flop_counter import FlopCounterMode
-
     started = time.perf_counter()
     unet = load_component("unet", checkpoint, DEVICE, "float16", VARIANTS[name])
     unet.infer(inputs)  # compiles, where the variant compiles
     torch.cuda.synchronize()
     first_call_s = time.perf_counter() - started
     seconds, peak, out = timed(lambda: unet.infer(inputs)["NOISE_PRED"], repeats=10, warmup=2)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        unet.eager_model(inputs["SAMPLE"].half(), inputs["TIMESTEP"], fps=inputs["FPS"],
-                         image_latents=inputs["IMAGE_LATENTS"].half(), image_embeddings=inputs["IMAGE_EMBEDDINGS"].half(),
-                         encoder_hidden_states=inputs["ENCODER_HIDDEN_STATES"].half())
-    flops = counter.get_total_flops()
+    flops = count_unet_flops(unet, inputs)
     row = dict(variant=name, options=VARIANTS[name], ms=seconds * 1e3, tflops=flops / seconds / 1e12, flops=flops,
                load_and_first_call_s=first_call_s, peak_bytes=peak)
     if reference_out is not None:

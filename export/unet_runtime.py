@@ -66,11 +66,10 @@ def remove_runtime_files(version: Path) -> None:
 
 
 def write_unet(checkpoint: Path, model_directory: Path, options: "ExportOptions", source_repository: Path) -> None:
-    """Fills ``model_directory/1`` for the onnxruntime or tensorrt runtime."""
+    """Fills ``model_directory/1``, emptied by remove_runtime_files, for the onnxruntime or tensorrt runtime."""
     from openspeedy.export.onnx_unet import export_unet  # torch and diffusers only where a graph is made
 
     version = model_directory / "1"
-    remove_runtime_files(version)
     if options.unet_runtime == "onnxruntime":
         export_unet(checkpoint / "unet", version / ONNX_FILE)
         shutil.copy2(source_repository / "unet" / "1" / "model.py", version / "model.py")

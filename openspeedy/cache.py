@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from openspeedy.model_config import flag
+
 Entry = dict[str, torch.Tensor]
 
 
@@ -173,7 +175,7 @@ class CacheSettings:
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> "CacheSettings":
         return cls(
-            enabled=parameters.get("cache_enabled", "true").lower() in ("1", "true", "yes", "on"),
+            enabled=flag(parameters, "cache_enabled", default=True),
             image_max_bytes=int(parameters.get("cache_image_max_bytes", cls.image_max_bytes)),
             prompt_max_bytes=int(parameters.get("cache_prompt_max_bytes", cls.prompt_max_bytes)),
             redis_url=parameters.get("cache_redis_url", ""),

@@ -25,8 +25,9 @@ except ImportError:  # older transformers 5: the class is the Pillow one
 
 from openspeedy import contracts
 from openspeedy.contracts import ModelContract
-from openspeedy.fp8 import convert_linears_to_fp8, fp8_supported
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
+from openspeedy.fp8 import convert_linears_to_fp8, fp8_supported
+from openspeedy.model_config import flag
 from openspeedy.unet_layout import temporal_convs_as_2d, to_channels_last
 from openspeedy.unet_onnx import OnnxRuntimeUNet
 
@@ -133,13 +134,13 @@ class UNet:
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
-        if _flag(options, "fuse_qkv"):
+        if flag(options, "fuse_qkv"):
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
-        if _flag(options, "temporal_conv2d"):
+        if flag(options, "temporal_conv2d"):
             temporal_convs_as_2d(self.model)  # joins the channels-last graph, see openspeedy/unet_layout.py
-        if _flag(options, "channels_last"):
+        if flag(options, "channels_last"):
             to_channels_last(self.model)
-        if _flag(options, "fp8"):
+        if flag(options, "fp8"):
             if not fp8_supported(device):
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
             convert_linears_to_fp8(self.model)
@@ -211,10 +212,6 @@ class VaeDecoder:
         if chunk < 0:
             raise ValueError(f"DECODE_CHUNK_SIZE must be >= 0, got {chunk}")
         return {"FRAMES": self.decoder.decode(inputs["LATENTS"], chunk)}
-
-
-def _flag(options: Mapping[str, str], name: str) -> bool:
-    return options.get(name, "false").lower() in ("1", "true", "yes", "on")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -1,15 +1,17 @@
 """FP8 (e4m3) matrix products for the UNet's linear layers on Hopper GPUs, through ``torch._scaled_mm``.
 
-Weights are quantized once at load with one scale per output row; activations are quantized per call
-with one scale per tensor (dynamic scaling). Convolutions, norms and attention's softmax stay in
-16-bit. torchao does the same with more options but is not installed on our GPU machines; this module is
-the few lines the issue asks for, and its error against 16-bit is reported by the benchmark.
+Weights are quantized once at load, activations per call (dynamic scaling), each with one scale per
+tensor. Convolutions, norms and attention's softmax stay in 16-bit. torchao does the same with more
+options but is not installed on our GPU machines; this module is the few lines the issue asks for, and
+its error against 16-bit is reported by the benchmark.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from openspeedy.module_swap import replace_modules
 
 E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
@@ -45,10 +47,6 @@ class Fp8Linear(nn.Module):
 
 def convert_linears_to_fp8(model: nn.Module) -> int:
     """Replaces every nn.Linear whose sizes the FP8 kernels accept (multiples of 16) in place; returns how many."""
-    replaced = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
-                setattr(module, child_name, Fp8Linear(child))
-                replaced += 1
-    return replaced
+    return replace_modules(
+        model, lambda m: isinstance(m, nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0, Fp8Linear
+    )

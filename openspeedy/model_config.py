@@ -26,6 +26,11 @@ class QueuePolicy:
     default_timeout_us: int = 0  # 0: a queued request waits until served
 
 
+def flag(parameters: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A boolean model config parameter (config parameters are strings)."""
+    return parameters.get(name, str(default)).lower() in ("1", "true", "yes", "on")
+
+
 def _tensor(spec: TensorSpec, is_input: bool) -> str:
     dims = ", ".join(str(d) for d in spec.dims)
     optional = " optional: true" if is_input and spec.optional else ""

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openspeedy.module_swap import replace_modules
+
 
 class TemporalConvAs2d(nn.Module):
     """An ``nn.Conv3d`` with kernel (k, 1, 1) computed as a 2D convolution of kernel (k, 1)."""
@@ -41,13 +43,9 @@ class TemporalConvAs2d(nn.Module):
 
 def temporal_convs_as_2d(model: nn.Module) -> int:
     """Replaces every temporal (k, 1, 1) ``nn.Conv3d`` in ``model`` in place; returns how many."""
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv3d) and child.kernel_size[1:] == (1, 1):
-                setattr(parent, name, TemporalConvAs2d(child))
-                replaced += 1
-    return replaced
+    return replace_modules(
+        model, lambda m: isinstance(m, nn.Conv3d) and m.kernel_size[1:] == (1, 1), TemporalConvAs2d
+    )
 
 
 def to_channels_last(model: nn.Module) -> None:

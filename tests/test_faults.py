@@ -65,6 +65,7 @@ import pytest
 from conftest import encode, free_port, random_image
 from openspeedy.client import Client, GenerationError
 from openspeedy.server import ServerOptions, TritonServer
+from openspeedy.watchdog import stub_processes
 
 pytestmark = pytest.mark.server
 
@@ -96,18 +97,8 @@ def _stats(server: TritonServer, model: str) -> dict:
 
 
 def _stubs(server: TritonServer, model: str, repository: Path) -> list[psutil.Process]:
-    """Stub processes of ``model``: children of tritonserver whose command line holds the model's path."""
-    path = str(Path(repository).resolve() / model / "1" / "model.py")
-    stubs = []
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        try:
-            if path in child.cmdline():
-                stubs.append(child)
-        except psutil.ZombieProcess:
-            continue
-        except psutil.NoSuchProcess:
-            continue
-    return stubs
+    """The live stub processes of ``model`` (what the watchdog watches)."""
+    return stub_processes(server.process.pid, repository).get(model, [])
 
 
 def _wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:

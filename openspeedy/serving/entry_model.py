@@ -15,6 +15,7 @@ import torch
 
 from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL
+from openspeedy.model_config import flag
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import ServingMetrics, TritonCacheMetrics
@@ -50,7 +51,7 @@ class EntryModel:
         self.cache_metrics = TritonCacheMetrics()
         self.metrics = ServingMetrics(self.model_name)
         caches = EncodingCaches(CacheSettings.from_parameters(parameters), self.cache_metrics)
-        per_gpu = parameters.get("components_per_gpu", "false") == "true"
+        per_gpu = flag(parameters, "components_per_gpu")
         if per_gpu and self.device.type != "cuda":
             raise ValueError("components_per_gpu needs the orchestrator on a GPU (instance kind KIND_GPU)")
         call = functools.partial(bls_call, device=self.device, per_gpu=per_gpu)

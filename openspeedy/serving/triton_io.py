@@ -74,11 +74,11 @@ def bls_call(
     host): without a preferred memory their placement is Triton's choice, host memory in some releases
     (a round trip per denoising step). With ``per_gpu`` the request goes to the component's copy on the
     caller's GPU (contracts.gpu_model_name)."""
-    on_gpu = device is not None and device.type == "cuda"
-    model_name = contracts.gpu_model_name(contract.name, device.index or 0) if per_gpu else contract.name
+    gpu = (device.index or 0) if device is not None and device.type == "cuda" else None
+    model_name = contracts.gpu_model_name(contract.name, gpu) if per_gpu else contract.name
     options = {}
-    if on_gpu and not contract.outputs_to_host:
-        options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, device.index or 0)
+    if gpu is not None and not contract.outputs_to_host:
+        options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, gpu)
     request = pb_utils.InferenceRequest(
         model_name=model_name,
         requested_output_names=list(contract.output_names),
