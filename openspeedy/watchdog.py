@@ -24,37 +24,51 @@ RELOAD_PARAMETER = "openspeedy_reload"  # changed on each reload; the models ign
 
 
 def stub_processes(server_pid: int, repository: Path) -> dict[str, list[psutil.Process]]:
-    """The live stub processes of each python model of the server, by model name. A stub's command line
-    names its model's ``<repository>/<model>/<version>/model.py``."""
-    repository = str(Path(repository).resolve())
+    """The live stub processes of each python model of the server, by model name."""
     stubs: dict[str, list[psutil.Process]] = {}
     for child in psutil.Process(server_pid).children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            command = child.cmdline()
-        except psutil.Error:
-            continue
-        for argument in command:
-            if argument.startswith(repository + "/") and argument.endswith("/model.py"):
-                model = Path(argument).relative_to(repository).parts[0]
-                stubs.setdefault(model, []).append(child)
+        model = _stub_model(child, Path(repository).resolve())
+        if model is not None:
+            stubs.setdefault(model, []).append(child)
     return stubs
 
 
+def _stub_model(process: psutil.Process, repository: Path) -> str | None:
+    """The model of a live stub process: its command line names ``<repository>/<model>/<version>/model.py``."""
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None  # a zombie's command line is empty
+        command = process.cmdline()
+    except psutil.Error:
+        return None
+    for argument in command:
+        if argument.startswith(f"{repository}/") and argument.endswith("/model.py"):
+            return Path(argument).relative_to(repository).parts[0]
+    return None
+
+
 class StubWatchdog:
-    """A thread that reloads a model when one of its stubs is gone, through the server's HTTP endpoint."""
+    """A thread that reloads a model one of whose stubs died, through the server's HTTP endpoint.
+
+    A dead stub is one that stays a zombie child of tritonserver: Triton reaps the stubs it stops itself
+    (an unload, a reload) at once, and never reaps one that died under it. Counting live stubs instead
+    is fooled by loading and unloading, during which stubs come and go (a reload starts the new
+    instance's stub before the old one ends, plus a short-lived one for the model itself), and then
+    every reload looks like the next death."""
 
     def __init__(self, server_pid: int, repository: Path, http_url: str, interval_s: float = 1.0):
-        self.server_pid, self.repository, self.http_url = server_pid, Path(repository), http_url
+        self.server_pid, self.repository, self.http_url = server_pid, Path(repository).resolve(), http_url
         self.interval_s = interval_s
-        self.reloads: list[tuple[str, float]] = []  # (model, when): what it did, for logs and tests
-        self._expected: dict[str, set[int]] = {}
+        self.reloads: list[tuple[str, float]] = []  # (model, when it finished): what it did, for logs and tests
+        self.attempts = 0  # reloads started, finished or not
+        self._models: dict[int, str] = {}  # stub pid -> model, learnt while the stub was alive
+        self._zombies: set[int] = set()  # zombie stubs seen in the last round
+        self._handled: set[int] = set()  # dead stubs whose model was reloaded
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="openspeedy-stub-watchdog", daemon=True)
 
     def start(self) -> "StubWatchdog":
-        self._expected = self._current()
+        self._observe()  # learn every stub now: one that dies before the first round is known too
         self._thread.start()
         return self
 
@@ -63,27 +77,35 @@ class StubWatchdog:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
-    def _current(self) -> dict[str, set[int]]:
-        stubs = stub_processes(self.server_pid, self.repository)
-        return {model: {process.pid for process in processes} for model, processes in stubs.items()}
+    def _observe(self) -> set[int]:
+        """Learns the stubs alive now; returns the known stubs that are zombies now."""
+        children = psutil.Process(self.server_pid).children(recursive=True)
+        # Forget processes that are gone (their pids may be reused), then learn the new stubs.
+        alive = {child.pid for child in children}
+        self._models = {pid: model for pid, model in self._models.items() if pid in alive}
+        self._handled &= alive
+        for child in children:
+            model = _stub_model(child, self.repository)
+            if model is not None:
+                self._models[child.pid] = model
+        return {child.pid for child in children if child.pid in self._models and _is_zombie(child)}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                current = self._current()
+                zombies = self._observe()
             except psutil.NoSuchProcess:
                 return  # the server is gone: nothing left to watch
-            for model, pids in self._expected.items():
-                if pids <= current.get(model, set()):
-                    continue
+            # A zombie in two rounds in a row: not a stub that Triton is about to reap.
+            dead = (zombies & self._zombies) - self._handled
+            self._zombies = zombies
+            for model in sorted({self._models[pid] for pid in dead}):
                 if self._reload(model):
-                    current = self._current()
-                else:
-                    current[model] = pids  # still missing: tried again next round
-            self._expected = current
+                    self._handled |= {pid for pid in dead if self._models[pid] == model}
 
     def _reload(self, model: str) -> bool:
         print(f"openspeedy watchdog: a stub of model '{model}' died; reloading the model", flush=True)
+        self.attempts += 1
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/config", timeout=30) as response:
                 config = json.loads(response.read())
@@ -98,3 +120,10 @@ class StubWatchdog:
         except OSError as error:  # the server stopping, or a load that failed
             print(f"openspeedy watchdog: reloading '{model}' failed: {error}", flush=True)
             return False
+
+
+def _is_zombie(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -261,6 +261,8 @@ def test_watchdog_reloads_a_model_whose_stub_died(tiny_repository, model):
             with Client(url, protocol, timeout_s=60) as client:
                 assert client.generate(IMAGE, "after", **QUICK).frames.shape == (2, 32, 32, 3)
         assert [m for m, _ in server.watchdog.reloads] == [model], "a model was reloaded that had not died"
+        time.sleep(3)  # a reload that set off another (stubs come and go while Triton loads) would start by now
+        assert server.watchdog.attempts == 1, "the reload set off another"
     finally:
         server.stop()
         _clean_up_after(stubs)
