@@ -6,16 +6,23 @@ stub reads NumPy 2 arrays wrongly (every element as the first one). Its pybind11
 NumPy 2, whose array descriptor layout changed, so the stub must import numpy 1.26 (see
 bench/gpu_serving.sh, which builds such an environment from carried wheels).
 
-Also records Triton's per-model statistics, the orchestrator's mean step, and the in-process time with
-a synchronization after every UNet call (what a call through Triton imposes).
+Also records Triton's per-model statistics and the orchestrator's mean step over the timed requests,
+and the in-process time with a synchronization after every UNet call (what a call through Triton
+imposes), with that UNet's CPU and GPU time per call. --unet-timings serves the unet through
+bench/timed_unet_model.py, which records the same from inside its stub and profiles three calls on both
+sides; --in-process-after measures in process again once the server has stopped (the GPU's drift).
 
 Usage: python bench/gpu_serving.py --out DIR [--requests 3] [--steps 50] [--unet-compile-mode MODE]
+       [--unet-timings] [--in-process-after] [--served-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -27,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from call_profiler import CallProfiler  # noqa: E402
 from gpu_bench import DEVICE, client_options, run_openspeedy, video_request  # noqa: E402
 
 from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
@@ -36,43 +44,155 @@ from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
 from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
 
 
-def model_statistics(triton_client) -> dict:
-    """Per model: requests, and mean ms of queue / input / compute / output, from Triton's statistics."""
-    table = {}
+STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def statistics_counters(triton_client) -> dict[str, dict[str, int]]:
+    """Per model, Triton's cumulative success count and nanoseconds per part (a snapshot to subtract)."""
+    counters = {}
     for model in triton_client.get_inference_statistics(as_json=True)["model_stats"]:
         stats = model["inference_stats"]
-        count = int(stats["success"].get("count", 0))
-        if count:
-            table[model["name"]] = dict(requests=count, **{
-                f"{part}_ms": int(stats[part].get("ns", 0)) / count / 1e6
-                for part in ("queue", "compute_input", "compute_infer", "compute_output")})
+        counters[model["name"]] = dict(count=int(stats["success"].get("count", 0)),
+                                       **{part: int(stats[part].get("ns", 0)) for part in STAT_PARTS})
+    return counters
+
+
+def model_statistics(triton_client, since: dict[str, dict[str, int]] | None = None) -> dict:
+    """Per model: requests, and mean ms of queue / input / compute / output, from Triton's statistics;
+    with ``since`` (an earlier statistics_counters), only the requests after it: a warm-up request's
+    compilation and allocations would otherwise inflate every mean."""
+    table = {}
+    for name, now in statistics_counters(triton_client).items():
+        before = (since or {}).get(name, {})
+        delta = {key: value - before.get(key, 0) for key, value in now.items()}
+        if delta["count"]:
+            table[name] = dict(requests=delta["count"],
+                               **{f"{part}_ms": delta[part] / delta["count"] / 1e6 for part in STAT_PARTS})
     return table
 
 
-def mean_step_seconds(metrics_url: str) -> float | None:
-    """Mean of the orchestrator's denoising-step histogram (UNet BLS call + scheduler step)."""
+def step_histogram(metrics_url: str) -> tuple[float, float]:
+    """Sum and count of the orchestrator's denoising-step histogram (UNet BLS call + scheduler step)."""
     import urllib.request
 
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    values = {}
+    values = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():
-        for suffix in ("_sum", "_count"):
+        for suffix in values:
             if line.startswith("openspeedy_denoising_step_seconds" + suffix):
-                values[suffix] = values.get(suffix, 0.0) + float(line.rsplit(" ", 1)[1])
-    return values["_sum"] / values["_count"] if values.get("_count") else None
+                values[suffix] += float(line.rsplit(" ", 1)[1])
+    return values["_sum"], values["_count"]
 
 
 class SynchronizedUNet:
     """The UNet component, synchronizing after every call as a call through Triton does (the stub waits
-    for the output before it answers): the in-process cost of losing CPU/GPU overlap between steps."""
+    for the output before it answers): the in-process cost of losing CPU/GPU overlap between steps.
+    Records what bench/timed_unet_model.py records in the served unet's stub, to set side by side:
+    the forward's CPU side, and the GPU's time from the call's entry to its last kernel. The calls
+    that the served stub profiles are profiled here too."""
 
     def __init__(self, unet):
         self.unet, self.contract = unet, unet.contract
+        self.timings: list[dict] = []
+        self.profiler = CallProfiler(PROFILED_CALLS)
 
     def infer(self, inputs):
-        outputs = self.unet.infer(inputs)
         torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        started = time.perf_counter()
+        start.record()
+        outputs = self.profiler(self.unet.infer, inputs)
+        forward = time.perf_counter()
+        end.record()
+        torch.cuda.synchronize()
+        self.timings.append(dict(cpu_forward_ms=(forward - started) * 1e3, gpu_execute_ms=start.elapsed_time(end),
+                                 call_ms=(time.perf_counter() - started) * 1e3))
         return outputs
+
+
+# The in-process part's results survive here for a later --served-only call on the same machine: a cold
+# torch.compile in process and then in the server's stub may not fit one 10-minute device command.
+IN_PROCESS_STATE = Path("/tmp/gpu_serving_in_process.npz")
+UNET_TIMINGS = Path("/tmp/unet_timings.jsonl")  # written by bench/timed_unet_model.py in the unet's stub
+PROFILED_CALLS = range(60, 63)  # as in bench/timed_unet_model.py: the second video, past the warm-up
+
+
+def measure_in_process(args, export: ExportOptions, request, suffix: str = "") -> tuple[dict, np.ndarray]:
+    """Seconds per video in process, plainly and synchronized per UNet call; the last video's frames.
+    Result keys end in ``suffix`` (the run after serving)."""
+    unet_options = model_configs_unet_parameters(export)
+    components = {name: load_component(name, args.checkpoint, DEVICE, "float16", unet_options if name == "unet" else {})
+                  for name in WEIGHT_FOLDERS}
+    results = {}
+    results["in_process_s" + suffix], _, frames, _ = run_openspeedy(args.checkpoint, components, request,
+                                                                     repeats=args.requests)
+    unet = SynchronizedUNet(components["unet"])
+    results["in_process_synchronized_per_step_s" + suffix], *_ = run_openspeedy(
+        args.checkpoint, components | {"unet": unet}, request, repeats=args.requests)
+    results["in_process_unet_median_ms" + suffix] = medians(unet.timings[args.steps:])  # past the first video
+    (args.out / f"in_process_unet_profile{suffix}.txt").write_text(unet.profiler.report())
+    del components, unet
+    torch.cuda.empty_cache()
+    return results, frames
+
+
+def measure_served(args, export: ExportOptions, request) -> tuple[dict, np.ndarray]:
+    """Seconds per video through tritonserver's gRPC endpoint (KIND_GPU), after one warm-up request, and
+    where the time goes: Triton's per-model statistics and the orchestrator's step histogram, counted
+    over the timed requests only."""
+    repository = build_repository(args.checkpoint, Path("/tmp/gpu_repository"), export)
+    if args.unet_timings:
+        use_timed_unet(repository, UNET_TIMINGS)
+    options = client_options(request)
+    server = TritonServer(ServerOptions(repository), log_path=args.out / "triton.log")
+    started = time.perf_counter()
+    server.start(timeout=900)
+    results = {"server_start_s": time.perf_counter() - started}
+    try:
+        with Client(server.grpc_url, timeout_s=600) as client:
+            def generate() -> np.ndarray:
+                return client.generate(request.image_bytes, request.prompt, **options).frames
+
+            started = time.perf_counter()
+            generate()
+            results["served_warmup_request_s"] = time.perf_counter() - started
+            counters, (step_sum, step_count) = statistics_counters(client._client), step_histogram(server.metrics_url)
+            served_times, frames = [], None
+            for _ in range(args.requests):
+                started = time.perf_counter()
+                frames = generate()
+                served_times.append(time.perf_counter() - started)
+            results["served_s"] = statistics.median(served_times)
+            results["served_all_s"] = served_times
+            results["triton_models"] = model_statistics(client._client, since=counters)
+        step_sum_after, step_count_after = step_histogram(server.metrics_url)
+        results["served_denoising_step_s"] = (step_sum_after - step_sum) / max(step_count_after - step_count, 1)
+    finally:
+        server.stop()
+    unet = results["triton_models"].get("unet", {})
+    results["served_unet_call_ms"] = sum(unet.get(f"{part}_ms", 0.0) for part in STAT_PARTS)
+    if args.unet_timings:
+        results["served_unet_stub_median_ms"] = medians(read_unet_timings(UNET_TIMINGS)[-args.requests * args.steps:])
+        shutil.copyfile(f"{UNET_TIMINGS}.prof.txt", args.out / "served_unet_profile.txt")
+    return results, frames
+
+
+def use_timed_unet(repository: Path, timings: Path) -> None:
+    """Serves the repository's unet through bench/timed_unet_model.py, which writes to ``timings`` (and
+    ``timings``.prof.txt). Start the server after this: its stubs inherit the variable naming the file."""
+    version = repository / "unet" / "1"
+    shutil.copyfile(Path(__file__).with_name("timed_unet_model.py"), version / "model.py")
+    shutil.copy(Path(__file__).with_name("call_profiler.py"), version)
+    timings.unlink(missing_ok=True)
+    os.environ["OPENSPEEDY_UNET_TIMINGS"] = str(timings)
+
+
+def read_unet_timings(timings: Path) -> list[dict]:
+    return [json.loads(line) for line in timings.read_text().splitlines()]
+
+
+def medians(rows: list[dict]) -> dict:
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
 def main() -> None:
@@ -82,6 +202,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--unet-compile-mode", default="", help="torch.compile mode of the UNet, served and in process")
+    parser.add_argument("--served-only", action="store_true",
+                        help=f"take the in-process results from an earlier run's {IN_PROCESS_STATE}")
+    parser.add_argument("--in-process-after", action="store_true",
+                        help="measure in process again after serving (the GPU's drift between the two)")
+    parser.add_argument("--unet-timings", action="store_true",
+                        help="serve the unet through bench/timed_unet_model.py: where its time goes in the stub")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print("numpy", np.__version__, "torch", torch.__version__, flush=True)
@@ -94,6 +220,7 @@ def main() -> None:
     export = ExportOptions(device="gpu", dtype="float16", unet_compile_mode=args.unet_compile_mode,
                            warmup_shapes=size if args.unet_compile_mode else "")
     results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, numpy=np.__version__,
+                   date=datetime.date.today().isoformat(),
                    note=f"full-size architecture, RANDOM fp16 weights; {size}; UNet "
                         f"{'torch.compile ' + args.unet_compile_mode if args.unet_compile_mode else 'eager'}",
                    steps=args.steps)
@@ -103,38 +230,24 @@ def main() -> None:
 
     # In process first: a compiled UNet fills Inductor's cache (TORCHINDUCTOR_CACHE_DIR), which the
     # served UNet's warm-up then reads instead of compiling again.
-    unet_options = model_configs_unet_parameters(export)
-    components = {name: load_component(name, args.checkpoint, DEVICE, "float16", unet_options if name == "unet" else {})
-                  for name in WEIGHT_FOLDERS}
-    seconds, _, in_process, _ = run_openspeedy(args.checkpoint, components, request, repeats=args.requests)
-    results["in_process_s"] = seconds
-    synchronized = components | {"unet": SynchronizedUNet(components["unet"])}
-    results["in_process_synchronized_per_step_s"], *_ = run_openspeedy(args.checkpoint, synchronized, request,
-                                                                        repeats=args.requests)
+    if args.served_only:
+        state = np.load(IN_PROCESS_STATE)
+        in_process_results, in_process = json.loads(str(state["results"])), state["frames"]
+    else:
+        in_process_results, in_process = measure_in_process(args, export, request)
+        np.savez(IN_PROCESS_STATE, frames=in_process, results=json.dumps(in_process_results))
+    results.update(in_process_results)
     save()
-    del components, synchronized
-    torch.cuda.empty_cache()
-
-    repository = build_repository(args.checkpoint, Path("/tmp/gpu_repository"), export)
-    options = client_options(request)
-    server = TritonServer(ServerOptions(repository), log_path=args.out / "triton.log")
-    started = time.perf_counter()
-    server.start(timeout=900)
-    results["server_start_s"] = time.perf_counter() - started
-    try:
-        with Client(server.grpc_url, timeout_s=600) as client:
-            served_times, served = [], None
-            for _ in range(args.requests + 1):  # the first one warms up
-                t = time.perf_counter()
-                served = client.generate(request.image_bytes, request.prompt, **options).frames
-                served_times.append(time.perf_counter() - t)
-            results["served_s"] = statistics.median(served_times[1:])
-            results["served_all_s"] = served_times
-            results["triton_models"] = model_statistics(client._client)
-        results["served_denoising_step_s"] = mean_step_seconds(server.metrics_url)
-    finally:
-        server.stop()
-    results["overhead"] = results["served_s"] / results["in_process_s"] - 1
+    served_results, served = measure_served(args, export, request)
+    results.update(served_results)
+    save()
+    in_process_seconds = [results["in_process_s"]]
+    if args.in_process_after:
+        # In process again after serving: a GPU that ran warmer or slower later shows up here, not as
+        # serving overhead. The overhead is then against the mean of the two in-process times.
+        results.update(measure_in_process(args, export, request, suffix="_after_serving")[0])
+        in_process_seconds.append(results["in_process_s_after_serving"])
+    results["overhead"] = results["served_s"] / statistics.mean(in_process_seconds) - 1
     results["served_equals_in_process"] = bool(np.array_equal(served, in_process))
     results["max_abs_uint8_served_vs_in_process"] = float(np.abs(served.astype(int) - in_process.astype(int)).max())
     save()

@@ -252,7 +252,12 @@ def load_component(
     if cls is None:
         known = ["torch"] + [r for (name, r) in RUNTIME_CLASSES if name == model_name]
         raise ValueError(f"{model_name}: unknown runtime {runtime!r} (this backend runs {known})")
-    return cls(Path(directory), torch.device(device), DTYPES[dtype], options)
+    device = torch.device(device)
+    if device.type == "cuda" and torch.backends.cudnn.is_available():
+        # Raises torch's own error if the cuDNN this process loaded is not the one torch was built with
+        # (a library path can put another first): otherwise it runs, silently slower, see server.py.
+        torch.backends.cudnn.version()
+    return cls(Path(directory), device, DTYPES[dtype], options)
 
 
 def check_tensors(contract: ModelContract, specs: str, tensors: Mapping[str, Any]) -> None:

@@ -67,12 +67,35 @@ def find_triton() -> TritonInstall:
         if not target.exists() or target.stat().st_size != source.stat().st_size:
             shutil.copy2(source, target)
     libs = [package.parent / "nvidia_pytriton.libs"]
-    # The stub links libpython3.X.so: it must be this interpreter's, not another build of the same
-    # minor version that the system may also carry (their extension modules are not interchangeable).
-    own_libpython = Path(sysconfig.get_config_var("LIBDIR") or "") / (sysconfig.get_config_var("LDLIBRARY") or "")
-    if own_libpython.is_file():
-        libs.insert(0, own_libpython.parent)
+    own_libpython = _libpython_folder(python)
+    if own_libpython is not None:
+        libs.insert(0, own_libpython)
     return TritonInstall(wheel / "bin" / "tritonserver", backends, wheel / "caches", tuple(libs))
+
+
+def _libpython_folder(python: str) -> Path | None:
+    """A folder that holds only links to this interpreter's shared libpython, for LD_LIBRARY_PATH.
+
+    The stub links libpython3.X.so: it must be this interpreter's, not another build of the same minor
+    version that the system may also carry (their extension modules are not interchangeable). The
+    interpreter's own LIBDIR will not do: on Ubuntu it is /usr/lib/x86_64-linux-gnu, and every library
+    there would then come before the ones torch was built with. On the GPU machine the stubs loaded the
+    system's cuDNN 9.14 instead of torch's 9.19, silently, and its attention kernels were 40% slower."""
+    libdir = Path(sysconfig.get_config_var("LIBDIR") or "")
+    names = {sysconfig.get_config_var(name) or "" for name in ("LDLIBRARY", "INSTSONAME")}
+    libraries = [libdir / name for name in sorted(names) if ".so" in name and (libdir / name).is_file()]
+    if not libraries:
+        return None  # a static libpython: the stub finds a shared one the usual way
+    folder = _runtime_cache() / f"libpython-{python}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for library in libraries:
+        link = folder / library.name
+        if not link.is_symlink() or link.resolve() != library.resolve():
+            staged = folder / f".{library.name}.{os.getpid()}"  # renamed into place: servers may start at once
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(library.resolve())
+            staged.replace(link)
+    return folder
 
 
 @dataclass

@@ -140,3 +140,40 @@ def test_server_stops_cleanly_without_leftover_processes(tiny_repository):
     assert server.stop() == 0
     psutil.wait_procs(stubs, timeout=10)
     assert not [p for p in stubs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_library_path_adds_only_libpython_and_the_wheels_own_libraries():
+    """The server's LD_LIBRARY_PATH, which its stubs inherit, comes before the libraries torch was built
+    with: a folder of system libraries there once gave the GPU stubs an older cuDNN (40% slower attention)."""
+    import os
+    from pathlib import Path
+
+    from openspeedy.server import ServerOptions, TritonServer, find_triton
+
+    install = find_triton()
+    if not install.library_paths:
+        pytest.skip("the container's tritonserver adds no library path")
+    path = TritonServer(ServerOptions(Path("."))).environment(install)["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert path[: len(install.library_paths)] == [str(p) for p in install.library_paths]
+    for folder in install.library_paths:
+        names = os.listdir(folder)
+        assert folder.name == "nvidia_pytriton.libs" or (names and all(n.startswith("libpython") for n in names))
+
+
+def test_stubs_run_this_interpreters_libpython(triton):
+    """What the libpython folder is for: the stubs load this interpreter's libpython, not another build."""
+    import os
+    import sysconfig
+
+    from openspeedy.watchdog import stub_processes
+
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    own = os.path.join(libdir or "", soname or "")
+    if not os.path.isfile(own) or ".so" not in own:
+        pytest.skip("this interpreter has no shared libpython")
+    stubs = [stub for stubs in stub_processes(triton.process.pid, triton.options.model_repository).values()
+             for stub in stubs]
+    assert stubs
+    for stub in stubs:
+        loaded = {m.path for m in stub.memory_maps() if os.path.basename(m.path).startswith("libpython")}
+        assert {os.path.realpath(path) for path in loaded} == {os.path.realpath(own)}, stub.cmdline()

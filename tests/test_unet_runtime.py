@@ -80,3 +80,17 @@ def test_compiled_unet_matches_eager_on_a_gpu(tiny_checkpoint):
     inputs = eager.example_inputs(frames=4, height=64, width=64)
     expected = eager.infer(inputs)["NOISE_PRED"]
     torch.testing.assert_close(compiled.infer(inputs)["NOISE_PRED"], expected, rtol=2e-2, atol=2e-2)
+
+
+def test_a_cudnn_other_than_torchs_fails_the_load(tiny_checkpoint, monkeypatch):
+    """A library path that puts another cuDNN first must fail the model's load with torch's own message,
+    not run silently slower (as it did in the GPU stubs before server.py's libpython folder)."""
+    def mismatched_version():
+        raise RuntimeError("cuDNN version incompatibility: PyTorch was compiled against (9, 19, 0) but found "
+                           "runtime version (9, 14, 0)")
+
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", mismatched_version)
+    with pytest.raises(RuntimeError, match="cuDNN version incompatibility"):
+        load_component("unet", tiny_checkpoint, "cuda")
+    load_component("unet", tiny_checkpoint, "cpu")  # on a CPU cuDNN is not asked
