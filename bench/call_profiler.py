@@ -11,6 +11,9 @@ import pstats
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+# The calls both sides profile: three steps into the second 50-step video, past any warm-up.
+PROFILED_CALLS = range(60, 63)
+
 
 class CallProfiler:
     def __init__(self, calls: range):

@@ -101,12 +101,18 @@ def run_in_stub(out: Path, environment_extra: dict[str, str]) -> dict:
             def execute(self, requests):
                 return []
         """))
-    os.environ.update(environment_extra)
-    server = TritonServer(ServerOptions(repository, restart_dead_stubs=False), log_path=out / "probe_triton.log")
-    server.start(timeout=300)
-    server.stop()
-    for key in environment_extra:
-        os.environ.pop(key)
+    previous = {key: os.environ.get(key) for key in environment_extra}
+    os.environ.update(environment_extra)  # the server's environment, which its stubs inherit, copies ours
+    try:
+        server = TritonServer(ServerOptions(repository, restart_dead_stubs=False), log_path=out / "probe_triton.log")
+        server.start(timeout=300)
+        server.stop()
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return json.loads(Path("/tmp/probe_stub.json").read_text())
 
 

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from call_profiler import CallProfiler  # noqa: E402
+from call_profiler import PROFILED_CALLS, CallProfiler  # noqa: E402
 from gpu_bench import DEVICE, client_options, run_openspeedy, video_request  # noqa: E402
 
 from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
@@ -114,7 +114,6 @@ class SynchronizedUNet:
 # torch.compile in process and then in the server's stub may not fit one 10-minute device command.
 IN_PROCESS_STATE = Path("/tmp/gpu_serving_in_process.npz")
 UNET_TIMINGS = Path("/tmp/unet_timings.jsonl")  # written by bench/timed_unet_model.py in the unet's stub
-PROFILED_CALLS = range(60, 63)  # as in bench/timed_unet_model.py: the second video, past the warm-up
 
 
 def measure_in_process(args, export: ExportOptions, request, suffix: str = "") -> tuple[dict, np.ndarray]:
