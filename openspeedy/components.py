@@ -7,6 +7,7 @@ the contract's tensor names; outputs are torch tensors on the component's device
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -29,6 +30,9 @@ from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_
 from openspeedy.fp8 import convert_linears_to_fp8, fp8_supported
 from openspeedy.model_config import flag
 from openspeedy.unet_layout import temporal_convs_as_2d, to_channels_last
+from openspeedy.unet import feature_reuse
+from openspeedy.unet.cuda_graphs import GraphedCallable
+from openspeedy.unet.temporal_attention import use_temporal_attention_kernel
 from openspeedy.unet_onnx import OnnxRuntimeUNet
 
 # Sub-folders of a model version directory, in the diffusers checkpoint layout.
@@ -127,7 +131,12 @@ class VaeEncoder:
 
 
 class UNet:
-    """The I2VGen-XL UNet in PyTorch: one noise prediction for a (CFG) batch."""
+    """The I2VGen-XL UNet in PyTorch: one noise prediction for a (CFG) batch.
+
+    Options (config parameters) choose the runtime techniques, each in its own module under
+    openspeedy/unet/: fused QKV, temporal convolutions as 2D ones, the temporal attention kernel,
+    torch.compile, whole-forward CUDA graphs. With the inputs DEEP_FEATURES / RETURN_DEEP_FEATURES it
+    runs the shallow or the feature-keeping path of step-level feature reuse instead."""
 
     contract = contracts.UNET
 
@@ -136,8 +145,10 @@ class UNet:
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
         if flag(options, "fuse_qkv"):
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
+        if flag(options, "temporal_attention_kernel"):
+            use_temporal_attention_kernel(self.model)  # after fuse_qkv, which resets the processors
         if flag(options, "temporal_conv2d"):
-            temporal_convs_as_2d(self.model)  # joins the channels-last graph, see openspeedy/unet_layout.py
+            temporal_convs_as_2d(self.model)  # joins the channels-last graph, see openspeedy/unet/layout.py
         if flag(options, "channels_last"):
             to_channels_last(self.model)
         if flag(options, "fp8"):
@@ -145,17 +156,47 @@ class UNet:
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
             convert_linears_to_fp8(self.model)
         self.eager_model = self.model
+        paths = {"plain": self._plain, "full": self._full, "shallow": self._shallow}
         compile_mode = options.get("compile_mode", "")
         if compile_mode:
             if options.get("compile_cache_dir"):
                 # Inductor's on-disk caches make a restart reuse the kernels compiled before it.
                 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options["compile_cache_dir"])
-            # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs
-            # ("reduce-overhead") need them.
-            self.model = torch.compile(self.model, mode=None if compile_mode == "default" else compile_mode,
-                                       dynamic=False)
+            # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs need them.
+            mode = None if compile_mode == "default" else compile_mode
+            self.model = torch.compile(self.model, mode=mode, dynamic=False)  # the plain path calls self.model
+            paths |= {name: torch.compile(paths[name], mode=mode, dynamic=False) for name in ("full", "shallow")}
+        self.paths = {name: self._in_contract_precision(fn) for name, fn in paths.items()}
+        if flag(options, "cuda_graphs") and device.type == "cuda":
+            self.paths = {name: GraphedCallable(fn) for name, fn in self.paths.items()}
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
-            self.infer(self.example_inputs(frames, height, width))
+            inputs = self.example_inputs(frames, height, width)
+            self.infer(inputs)
+            if flag(options, "feature_reuse"):
+                deep = self.infer(inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)})
+                self.infer(inputs | {"DEEP_FEATURES": deep["DEEP_FEATURES"]})
+
+    def _plain(self, sample, timestep, encoder_hidden_states, fps, image_latents, image_embeddings):
+        return (self.model(sample, timestep, fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
+                           encoder_hidden_states=encoder_hidden_states, return_dict=False)[0],)
+
+    def _full(self, sample, timestep, encoder_hidden_states, fps, image_latents, image_embeddings):
+        return feature_reuse.full_step(self.eager_model, sample, timestep, fps, image_latents, image_embeddings,
+                                       encoder_hidden_states)
+
+    def _shallow(self, sample, timestep, encoder_hidden_states, fps, image_latents, image_embeddings, deep):
+        return (feature_reuse.shallow_step(self.eager_model, sample, timestep, fps, image_latents, image_embeddings,
+                                           encoder_hidden_states, deep),)
+
+    def _in_contract_precision(self, fn):
+        """``fn`` between the contract's FP32 tensors and the model's dtype (integers pass as they are), so
+        that a CUDA graph of it holds the casts too."""
+
+        def call(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            outputs = fn(*(t.to(self.dtype) if t.is_floating_point() else t for t in tensors))
+            return tuple(output.float() for output in outputs)
+
+        return call
 
     def example_inputs(self, frames: int, height: int, width: int, batch: int = 2) -> dict[str, torch.Tensor]:
         """Random inputs of one CFG call at a video size (warm-up, benchmarks, export)."""
@@ -173,19 +214,28 @@ class UNet:
 
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        def floats(name: str) -> torch.Tensor:
-            return inputs[name].to(self.device, self.dtype)
+        args = [inputs[name].to(self.device) for name in UNET_MODEL_INPUTS]
+        deep, keep = inputs.get("DEEP_FEATURES"), inputs.get("RETURN_DEEP_FEATURES")
+        if (deep is not None or keep is not None) and not feature_reuse.shallow_path_supported(self.eager_model):
+            raise ValueError("unet: this architecture has no shallow path for feature reuse")
+        if deep is not None:
+            (noise,) = self._run("shallow", *args, deep.to(self.device))
+            return {"NOISE_PRED": noise}
+        if keep is not None and int(keep.reshape(-1)[0]):
+            noise, features = self._run("full", *args)
+            return {"NOISE_PRED": noise, "DEEP_FEATURES": features}
+        (noise,) = self._run("plain", *args)
+        return {"NOISE_PRED": noise}
 
-        noise = self.model(
-            floats("SAMPLE"),
-            inputs["TIMESTEP"].to(self.device),
-            fps=inputs["FPS"].to(self.device),
-            image_latents=floats("IMAGE_LATENTS"),
-            image_embeddings=floats("IMAGE_EMBEDDINGS"),
-            encoder_hidden_states=floats("ENCODER_HIDDEN_STATES"),
-            return_dict=False,
-        )[0]
-        return {"NOISE_PRED": noise.float()}
+    def _run(self, path: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fn = self.paths[path]
+        if isinstance(fn, GraphedCallable):
+            fn.capture(*tensors)  # once per shape: the first call at a shape compiles and captures it
+        return fn(*tensors)
+
+
+# The UNet's own inputs, in its contract's order; the contract's other (optional) inputs steer feature reuse.
+UNET_MODEL_INPUTS = ("SAMPLE", "TIMESTEP", "ENCODER_HIDDEN_STATES", "FPS", "IMAGE_LATENTS", "IMAGE_EMBEDDINGS")
 
 
 class VaeDecoder:

@@ -6,6 +6,7 @@ tests all read these declarations, so a name, dtype or shape lives in exactly on
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -53,6 +54,11 @@ class ModelContract:
 
     def output(self, name: str) -> TensorSpec:
         return _by_name(self.outputs, name, self.name)
+
+    def required(self) -> "ModelContract":
+        """The contract without its optional tensors: what runtimes fixed at export (ONNX, TensorRT) serve."""
+        return dataclasses.replace(self, inputs=tuple(s for s in self.inputs if not s.optional),
+                                   outputs=tuple(s for s in self.outputs if not s.optional))
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -112,8 +118,18 @@ UNET = ModelContract(
         TensorSpec("FPS", "INT64", (-1,), description="[B] fps conditioning"),
         TensorSpec("IMAGE_LATENTS", "FP32", (-1, -1, -1, -1, -1), description="[B, C, F, h, w] image latents"),
         TensorSpec("IMAGE_EMBEDDINGS", "FP32", (-1, -1, -1), description="[B, 1, width] image embeddings"),
+        # Step-level feature reuse (PyTorch runtime only): a full step that keeps its deep features, or a
+        # shallow step that takes them from one.
+        TensorSpec("DEEP_FEATURES", "FP32", (-1, -1, -1, -1), optional=True,
+                   description="[B*F, C', h, w] deep features of an earlier full step: run the shallow path"),
+        TensorSpec("RETURN_DEEP_FEATURES", "INT32", (1,), optional=True,
+                   description="1: a full step that also returns DEEP_FEATURES"),
     ),
-    outputs=(TensorSpec("NOISE_PRED", "FP32", (-1, -1, -1, -1, -1), description="[B, C, F, h, w] model output"),),
+    outputs=(
+        TensorSpec("NOISE_PRED", "FP32", (-1, -1, -1, -1, -1), description="[B, C, F, h, w] model output"),
+        TensorSpec("DEEP_FEATURES", "FP32", (-1, -1, -1, -1), optional=True,
+                   description="[B*F, C', h, w] input of the last up block, when RETURN_DEEP_FEATURES is 1"),
+    ),
 )
 
 VAE_DECODER = ModelContract(
@@ -138,6 +154,11 @@ _ENTRY_INPUTS = (
     TensorSpec("TARGET_FPS", "INT32", (1,), optional=True, description="fps conditioning of the model"),
     TensorSpec("SEED", "INT64", (1,), optional=True, description="same seed and inputs, same video"),
     TensorSpec("DECODE_CHUNK_SIZE", "INT32", (1,), optional=True, description="frames per VAE decode, 0 = auto"),
+    # Opt-in approximations, off by default (then the video is the exact one).
+    TensorSpec("GUIDANCE_INTERVAL", "FP32", (2,), optional=True,
+               description="(start, end) fractions of the steps that use CFG; default (0, 1): every step"),
+    TensorSpec("FEATURE_REUSE_INTERVAL", "INT32", (1,), optional=True,
+               description="deep UNet features recomputed every N steps, reused between; default 1: off"),
 )
 _VIDEO = TensorSpec("VIDEO", "UINT8", (-1, -1, -1, 3), description="[F, H, W, 3] RGB frames")
 _VIDEO_MP4 = TensorSpec("VIDEO_MP4", "BYTES", (1,), description="H.264 MP4, computed only when requested")

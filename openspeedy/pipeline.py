@@ -148,25 +148,51 @@ class I2VGenXL:
         latents = latents * scheduler.init_noise_sigma
 
         total = len(scheduler.timesteps)
+        deep = None  # (deep features, the CFG batch they were computed for), with feature reuse
         for step, t in enumerate(scheduler.timesteps):
-            model_input = scheduler.scale_model_input(torch.cat([latents] * batch), t)
-            noise_pred = self._call(
-                contracts.UNET,
-                "NOISE_PRED",
-                SAMPLE=model_input,
+            guided = request.guided(step, total)
+            # Outside the guidance interval only the conditional half runs: the batch's second row.
+            rows = slice(None) if guided or not cfg else slice(1, None)
+            rows_in_call = 2 if guided else 1
+            inputs = dict(
+                SAMPLE=scheduler.scale_model_input(torch.cat([latents] * rows_in_call), t),
                 TIMESTEP=t.reshape(1).to(torch.int64),
-                ENCODER_HIDDEN_STATES=prompt_embeds,
-                FPS=fps,
-                IMAGE_LATENTS=image_latents,
-                IMAGE_EMBEDDINGS=image_embeds,
+                ENCODER_HIDDEN_STATES=prompt_embeds[rows],
+                FPS=fps[rows],
+                IMAGE_LATENTS=image_latents[rows],
+                IMAGE_EMBEDDINGS=image_embeds[rows],
             )
-            if cfg:
+            reused = None
+            if request.feature_reuse_interval > 1:
+                reused = self._reusable(deep, step, request, rows_in_call)
+                if reused is None:
+                    inputs["RETURN_DEEP_FEATURES"] = torch.ones(1, dtype=torch.int32)
+                else:
+                    inputs["DEEP_FEATURES"] = reused
+            outputs = self.call_model(contracts.UNET, inputs)
+            if reused is None and "DEEP_FEATURES" in outputs:
+                deep = (outputs["DEEP_FEATURES"], rows_in_call)
+            noise_pred = outputs["NOISE_PRED"].to(self.device)
+            if guided:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + request.guidance_scale * (text - uncond)
             latents = self._scheduler_step(scheduler, noise_pred, t, latents)
             if on_step is not None:
                 on_step(step + 1, total)
         return latents
+
+    @staticmethod
+    def _reusable(deep, step: int, request: GenerationRequest, rows_in_call: int) -> torch.Tensor | None:
+        """The deep features this step reuses, or None for a full step: every ``feature_reuse_interval``-th
+        step is full, and so is a step that needs rows the kept features lack (CFG after a conditional-only
+        step)."""
+        if deep is None or step % request.feature_reuse_interval == 0:
+            return None
+        features, rows = deep
+        if rows < rows_in_call:
+            return None
+        # Features are [rows * frames, ...], row-major: the conditional row is the last block of frames.
+        return features[-rows_in_call * request.num_frames:] if rows > rows_in_call else features
 
     @staticmethod
     def _scheduler_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor):

@@ -31,6 +31,9 @@ class RequestSettings:
     default_guidance_scale: float = 9.0
     default_target_fps: int = 16
     default_decode_chunk_size: int = 0
+    default_guidance_interval_start: float = 0.0
+    default_guidance_interval_end: float = 1.0
+    default_feature_reuse_interval: int = 1
     min_size: int = 64
     max_size: int = 2048
     max_num_frames: int = 64
@@ -38,6 +41,7 @@ class RequestSettings:
     max_guidance_scale: float = 50.0
     max_target_fps: int = 120
     max_decode_chunk_size: int = 1024
+    max_feature_reuse_interval: int = 10
     max_frames_x_pixels: int = 64 * 1024 * 1024  # NUM_FRAMES * HEIGHT * WIDTH
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
@@ -73,10 +77,18 @@ class GenerationRequest:
     seed: int
     decode_chunk_size: int
     image_bytes: bytes = b""  # the encoded file, for caches keyed on what the client sent
+    # Opt-in approximations; the defaults leave the video exact.
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    feature_reuse_interval: int = 1
 
     @property
     def do_classifier_free_guidance(self) -> bool:
         return self.guidance_scale > 1.0
+
+    def guided(self, step: int, total: int) -> bool:
+        """Whether denoising step ``step`` (0-based, of ``total``) uses CFG: inside the guidance interval."""
+        start, end = self.guidance_interval
+        return self.do_classifier_free_guidance and start * total <= step < end * total
 
 
 def _scalar(inputs: Mapping[str, Any], name: str) -> Any | None:
@@ -94,6 +106,22 @@ def _scalar(inputs: Mapping[str, Any], name: str) -> Any | None:
     if array.shape != (1,):
         raise InvalidInput(name, f"must have shape [1], got {list(array.shape)}")
     return array[0]
+
+
+def _interval(inputs: Mapping[str, Any], settings: RequestSettings) -> tuple[float, float]:
+    name = "GUIDANCE_INTERVAL"
+    value = inputs.get(name)
+    if value is None:
+        return settings.default_guidance_interval_start, settings.default_guidance_interval_end
+    array = np.asarray(value)
+    if array.dtype != np.float32:
+        raise InvalidInput(name, f"must be FP32, got {array.dtype}")
+    if array.shape != (2,):
+        raise InvalidInput(name, f"must have shape [2] (start, end), got {list(array.shape)}")
+    start, end = (float(v) for v in array)
+    if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
+        raise InvalidInput(name, f"must be fractions of the steps with 0 <= start < end <= 1, got ({start}, {end})")
+    return start, end
 
 
 def _text(inputs: Mapping[str, Any], name: str, settings: RequestSettings) -> str:
@@ -177,4 +205,8 @@ def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> Gener
             inputs, "DECODE_CHUNK_SIZE", s.default_decode_chunk_size, 0, s.max_decode_chunk_size
         ),
         image_bytes=image_bytes,
+        guidance_interval=_interval(inputs, s),
+        feature_reuse_interval=_integer(
+            inputs, "FEATURE_REUSE_INTERVAL", s.default_feature_reuse_interval, 1, s.max_feature_reuse_interval
+        ),
     )

@@ -88,6 +88,12 @@ def bls_call(
     response = request.exec()
     if response.has_error():
         raise ComponentError(f"model '{model_name}' failed: {response.error().message()}")
-    return {
-        spec.name: to_torch(pb_utils.get_output_tensor_by_name(response, spec.name), spec) for spec in contract.outputs
-    }
+    outputs = {}
+    for spec in contract.outputs:
+        tensor = pb_utils.get_output_tensor_by_name(response, spec.name)
+        if tensor is None and spec.optional:
+            continue  # an output the model computes only when asked (the UNet's DEEP_FEATURES)
+        if tensor is None:
+            raise ComponentError(f"model '{model_name}' returned no {spec.name}")
+        outputs[spec.name] = to_torch(tensor, spec)
+    return outputs
