@@ -1,109 +1,126 @@
-"""Whole videos at several sizes on one GPU, full-size I2VGen-XL architecture with RANDOM fp16 weights:
-diffusers' eager I2VGenXLPipeline (SDPA) against OpenSpeedy's pipeline with each UNet runtime, same
-weights, seed and settings, 50 steps.
+"""Whole videos on one GPU, full-size I2VGen-XL architecture with RANDOM weights, every pipeline in one
+process on the same weights, seed and noise, 50 steps:
 
-For each size and pipeline: seconds per video, peak device memory, and the output difference against
-the reference; for each UNet runtime: ms per CFG call at that size and the achieved TFLOP/s (FLOPs
-counted by torch's FlopCounterMode on the eager UNet, not assumed). A 2-step video of the same size
-warms each pipeline up (compilation, cuDNN's algorithm search) before the one timed video.
+- ``diffusers``: diffusers' I2VGenXLPipeline, eager (SDPA): the reference;
+- ``diffusers-compile``: the same with ``pipe.unet.fuse_qkv_projections(); pipe.unet = torch.compile(pipe.unet)``,
+  what a user who wants speed writes: the peer to beat;
+- ``openspeedy-<variant>``: OpenSpeedy's pipeline with each UNet runtime variant (openspeedy/unet/variants.py);
+- ``openspeedy-<variant>+<mode>``: with an opt-in approximation of the request contract (feature reuse,
+  guidance interval), reported with its error against OpenSpeedy's exact video.
 
-Usage: python bench/end_to_end.py --out DIR [--sizes 16x512x512,24x768x768] [--runtimes eager,compile]
+Each row: seconds per video, speed-up against both diffusers rows, relative L2 of the video (and final
+latents) against the eager reference, peak device memory, and the seconds to load and warm up (for the
+compiled rows, compilation). A 2-step video at the same size warms each pipeline up before the timed one.
+
+Usage: python -m bench.end_to_end --out DIR [--sizes 16x512x512,...] [--variants fast] [--modes reuse3,...]
 Writes DIR/end_to_end.json after every measurement (a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpu_bench import (  # noqa: E402
+from bench.common import (
+    DEFAULT_CHECKPOINT,
     DEVICE,
-    _driver,
-    count_unet_flops,
+    Results,
     difference,
+    ensure_checkpoint,
     run_openspeedy,
     run_reference,
-    timed,
+    synchronize,
     video_request,
 )
-from unet_speed import VARIANTS  # noqa: E402
-
-from export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component, parse_shapes  # noqa: E402
+from openspeedy.components import WEIGHT_FOLDERS, load_component, parse_shapes
+from openspeedy.unet.variants import VARIANTS
 
 SIZES = "16x512x512,24x768x768,32x512x512,16x704x1280"
 
-
-def unet_call(unet, frames: int, height: int, width: int, flops: int, repeats: int) -> dict:
-    inputs = unet.example_inputs(frames, height, width)
-    inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
-    seconds, _, _ = timed(lambda: unet.infer(inputs), repeats=repeats, warmup=1)
-    return dict(unet_ms=seconds * 1e3, unet_tflops=flops / seconds / 1e12)
+# Opt-in approximations by name: the request inputs each one adds.
+MODES = {
+    "reuse2": {"FEATURE_REUSE_INTERVAL": np.array([2], np.int32)},
+    "reuse3": {"FEATURE_REUSE_INTERVAL": np.array([3], np.int32)},
+    "reuse4": {"FEATURE_REUSE_INTERVAL": np.array([4], np.int32)},
+    "interval": {"GUIDANCE_INTERVAL": np.array([0.0, 0.6], np.float32)},
+    "reuse3+interval": {"FEATURE_REUSE_INTERVAL": np.array([3], np.int32),
+                        "GUIDANCE_INTERVAL": np.array([0.0, 0.6], np.float32)},
+}
+MODE_NOTES = {name: {key: value.tolist() for key, value in inputs.items()} for name, inputs in MODES.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/i2vgen_xl_full_random"))
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--sizes", default=SIZES, help="FRAMESxHEIGHTxWIDTH,...")
-    parser.add_argument("--runtimes", default="eager,compile", help=f"UNet runtimes, of {', '.join(VARIANTS)}")
+    parser.add_argument("--peers", default="diffusers,diffusers-compile")
+    parser.add_argument("--variants", default="fast", help=f"UNet runtime variants, of {', '.join(VARIANTS)}")
+    parser.add_argument("--modes", default="", help=f"opt-in approximations on the last variant, of {', '.join(MODES)}")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    architecture, dtype = (TINY, torch.float32) if args.smoke else (FULL_SIZE, torch.float16)
-    if not (args.checkpoint / "model_index.json").exists():
-        with torch.device(DEVICE):
-            build_checkpoint(args.checkpoint, architecture, dtype=dtype)
+    dtype = ensure_checkpoint(args.checkpoint, args.smoke)
     dtype_name = str(dtype).removeprefix("torch.")
-    runtimes = [name for name in args.runtimes.split(",") if name]
-    results = dict(
-        note="full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures",
-        gpu=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu (smoke run)", driver=_driver(),
-        torch=torch.__version__, date=datetime.date.today().isoformat(), steps=args.steps,
-        runtimes={name: VARIANTS[name] for name in runtimes}, sizes=[],
-    )
-
-    def save() -> None:
-        (args.out / "end_to_end.json").write_text(json.dumps(results, indent=2))
-
+    variants = [name for name in args.variants.split(",") if name]
+    modes = [name for name in args.modes.split(",") if name]
+    results = Results(args.out / "end_to_end.json", steps=args.steps, variants={n: VARIANTS[n] for n in variants},
+                      modes={n: MODE_NOTES[n] for n in modes}, sizes=[])
     others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name)
               for name in WEIGHT_FOLDERS if name != "unet"}
+
     for frames, height, width in parse_shapes(args.sizes):
         request = video_request(args.steps, frames, height, width)
         warmup = video_request(2, frames, height, width)
         row = dict(frames=frames, height=height, width=width, pipelines=[])
         results["sizes"].append(row)
-        seconds, peak, reference, reference_latents = run_reference(args.checkpoint, dtype, request, 1, warmup)
-        row["pipelines"].append(dict(pipeline="diffusers", seconds=seconds, peak_bytes=peak))
-        print(frames, height, width, row["pipelines"][-1], flush=True)
-        save()
-        for name in runtimes:
-            torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
-            unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, VARIANTS[name])
-            if "flops" not in row:
-                row["flops"] = count_unet_flops(unet, unet.example_inputs(frames, height, width))
-            started = time.perf_counter()
-            seconds, peak, video, latents = run_openspeedy(args.checkpoint, others | {"unet": unet}, request, 1, warmup)
-            measured = dict(pipeline=f"openspeedy-{name}", seconds=seconds, peak_bytes=peak,
-                            speedup=row["pipelines"][0]["seconds"] / seconds,
-                            warmup_and_run_s=time.perf_counter() - started,
-                            **unet_call(unet, frames, height, width, row["flops"], 1 if args.smoke else 10),
-                            **difference(video, reference, latents, reference_latents))
+        reference = {}
+
+        def record(name: str, started: float, seconds: float, peak: int, video, latents, **extra) -> None:
+            measured = dict(pipeline=name, seconds=seconds, peak_bytes=peak,
+                            load_and_warmup_s=time.perf_counter() - started - seconds, **extra)
+            for peer in ("diffusers", "diffusers-compile"):
+                if peer in reference:
+                    measured[f"speedup_vs_{peer}"] = reference[peer]["seconds"] / seconds
+            if "diffusers" in reference:
+                measured |= difference(video, reference["diffusers"]["video"], latents,
+                                       reference["diffusers"]["latents"])
             row["pipelines"].append(measured)
+            results.save()
             print(frames, height, width, measured, flush=True)
-            del unet
-            save()
-    print(json.dumps(results, indent=2))
+
+        for peer in filter(None, args.peers.split(",")):
+            started = time.perf_counter()
+            seconds, peak, video, latents = run_reference(args.checkpoint, dtype, request, 1, warmup,
+                                                          compiled=peer == "diffusers-compile")
+            record(peer, started, seconds, peak, video, latents)
+            reference[peer] = dict(seconds=seconds, video=video, latents=latents)
+            torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
+
+        for variant in variants:
+            started = time.perf_counter()
+            unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, VARIANTS[variant])
+            components = others | {"unet": unet}
+            seconds, peak, exact, exact_latents = run_openspeedy(args.checkpoint, components, request, 1, warmup)
+            record(f"openspeedy-{variant}", started, seconds, peak, exact, exact_latents)
+            if variant != variants[-1]:
+                del unet, components
+                torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
+                continue
+            for mode in modes:
+                synchronize()
+                started = time.perf_counter()
+                fast = video_request(args.steps, frames, height, width, **MODES[mode])
+                seconds, peak, video, latents = run_openspeedy(
+                    args.checkpoint, components, fast, 1, video_request(6, frames, height, width, **MODES[mode]))
+                error = difference(video, exact, latents, exact_latents)
+                record(f"openspeedy-{variant}+{mode}", started, seconds, peak, video, latents,
+                       relative_l2_vs_exact=error["relative_l2"],
+                       latents_relative_l2_vs_exact=error["latents_relative_l2"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,280 @@
+"""What every benchmark shares: the device and its description, timing with peak memory, the benchmark's
+request, OpenSpeedy's pipeline and diffusers' (eager or compiled) on the same weights and noise, the
+differences between their outputs, FLOP counting, and Triton's statistics.
+
+Benchmarks run as modules from the repository root (``python -m bench.end_to_end ...``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from openspeedy.pipeline import I2VGenXL, LocalModels, posterior_seed
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+RANDOM_WEIGHTS_NOTE = "full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures"
+DEFAULT_CHECKPOINT = Path("/tmp/i2vgen_xl_full_random")
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def driver_version() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def device_description(note: str = RANDOM_WEIGHTS_NOTE) -> dict[str, str]:
+    """What every result file names: GPU, driver, torch, date, and what the weights are."""
+    return dict(note=note, gpu=torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu (smoke run)",
+                driver=driver_version() if DEVICE.type == "cuda" else "none", torch=torch.__version__,
+                date=datetime.date.today().isoformat())
+
+
+def ensure_checkpoint(path: Path, smoke: bool) -> torch.dtype:
+    """Builds the random checkpoint at ``path`` unless it is there; returns its dtype. ``smoke``: the tiny
+    architecture in float32, which checks a benchmark on a CPU in seconds."""
+    from openspeedy.export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint
+
+    architecture, dtype = (TINY, torch.float32) if smoke else (FULL_SIZE, torch.float16)
+    if not (path / "model_index.json").exists():
+        with torch.device(DEVICE):  # initialise the 2.4 B random parameters on the GPU: seconds, not minutes
+            build_checkpoint(path, architecture, dtype=dtype)
+    return dtype
+
+
+def _peak_reset() -> int:
+    if DEVICE.type != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def _peak_since(base: int) -> int:
+    return torch.cuda.max_memory_allocated() - base if DEVICE.type == "cuda" else 0
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, int, Any]:
+    """Median seconds over ``repeats`` runs after ``warmup``, the peak memory above the start, the last result."""
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    base = _peak_reset()
+    times, result = [], None
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        result = fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), _peak_since(base), result
+
+
+def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 512, **extra: np.ndarray):
+    """The benchmark's request: a random 768x512 image cropped to the video size, seed 7; ``extra`` adds
+    contract inputs (the opt-in approximations)."""
+    from PIL import Image
+
+    from openspeedy.request import RequestSettings, parse_request
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    inputs = {
+        "IMAGE": np.array([buffer.getvalue()], dtype=object),
+        "PROMPT": np.array([b"a lighthouse by the sea"], dtype=object),
+        "NUM_FRAMES": np.array([frames], np.int32),
+        "HEIGHT": np.array([height], np.int32),
+        "WIDTH": np.array([width], np.int32),
+        "NUM_INFERENCE_STEPS": np.array([steps], np.int32),
+        "SEED": np.array([7], np.int64),
+        "DECODE_CHUNK_SIZE": np.array([0], np.int32),
+    }
+    return parse_request(inputs | extra, RequestSettings())
+
+
+def count_unet_flops(unet, inputs) -> int:
+    """FLOPs of one call of the UNet component's eager model on ``inputs`` (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def floats(name: str) -> torch.Tensor:
+        return inputs[name].to(unet.dtype)
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet.eager_model(floats("SAMPLE"), inputs["TIMESTEP"], fps=inputs["FPS"],
+                         image_latents=floats("IMAGE_LATENTS"), image_embeddings=floats("IMAGE_EMBEDDINGS"),
+                         encoder_hidden_states=floats("ENCODER_HIDDEN_STATES"))
+    return counter.get_total_flops()
+
+
+def client_options(request) -> dict:
+    """``Client.generate`` keyword arguments for the benchmark's request (the image and prompt aside)."""
+    return dict(num_frames=request.num_frames, height=request.height, width=request.width,
+                num_inference_steps=request.num_inference_steps, seed=request.seed,
+                decode_chunk_size=request.decode_chunk_size)
+
+
+def openspeedy_pipeline(checkpoint: Path, components) -> I2VGenXL:
+    scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
+    scaling = json.loads((checkpoint / "vae" / "config.json").read_text())["scaling_factor"]
+    return I2VGenXL(LocalModels(components), scheduler, scaling, DEVICE)
+
+
+def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2, warmup_request=None):
+    """Seconds, peak bytes, uint8 frames and final latents of OpenSpeedy's pipeline, in process.
+
+    ``warmup_request`` (a few steps at the same size) warms up instead of one more full video."""
+    pipeline = openspeedy_pipeline(checkpoint, components)
+
+    def run(this=request):
+        latents = pipeline.denoise(this)
+        return pipeline.decode(latents, this.decode_chunk_size), latents
+
+    if warmup_request is not None:
+        run(warmup_request)
+    seconds, peak, (video, latents) = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
+    return seconds, peak, video.cpu().numpy(), latents.float().cpu()
+
+
+def reference_pipeline(checkpoint: Path, dtype: torch.dtype, compiled: bool = False):
+    """diffusers' I2VGenXLPipeline on the checkpoint; ``compiled``: what a user who wants speed writes,
+    ``pipe.unet.fuse_qkv_projections(); pipe.unet = torch.compile(pipe.unet)`` (default mode)."""
+    from diffusers import I2VGenXLPipeline
+
+    reference = I2VGenXLPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(DEVICE)
+    # transformers 5 flattened CLIPTextModel; the deprecated pipeline still reads `.text_model` for its
+    # default clip_skip. An attribute, not a registered submodule, restores it.
+    object.__setattr__(reference.text_encoder, "text_model", reference.text_encoder)
+    reference.set_progress_bar_config(disable=True)
+    if compiled:
+        reference.unet.fuse_qkv_projections()
+        reference.unet = torch.compile(reference.unet)
+    return reference
+
+
+def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 2, warmup_request=None,
+                  compiled: bool = False):
+    """Seconds, peak bytes, uint8 frames and final latents of diffusers' I2VGenXLPipeline (SDPA), eager or
+    ``compiled`` (see reference_pipeline), same seed and noise as OpenSpeedy; ``warmup_request`` as in
+    run_openspeedy."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.utils.torch_utils import randn_tensor
+
+    reference = reference_pipeline(checkpoint, dtype, compiled)
+    # OpenSpeedy draws all noise in float32 on the CPU (a seed gives the same video on any device and
+    # precision); the reference draws it in the pipeline's dtype, and its VAE posterior noise from the
+    # GPU's global generator. Hand the reference the same noise, or the comparison measures the noise.
+    final_latents = []
+    decode_latents = reference.decode_latents
+
+    def keep_latents(latents, *args, **kwargs):  # the final latents of the timed run itself
+        final_latents[:] = [latents.float().cpu()]
+        return decode_latents(latents, *args, **kwargs)
+
+    reference.decode_latents = keep_latents
+
+    def run(this=request):
+        latent_shape = (1, 4, this.num_frames, this.height // 8, this.width // 8)
+        initial = randn_tensor(latent_shape, generator=torch.Generator("cpu").manual_seed(this.seed),
+                               device=DEVICE, dtype=torch.float32).to(dtype)
+
+        def float32_posterior_sample(self, generator=None):
+            generator = torch.Generator("cpu").manual_seed(posterior_seed(this.seed))
+            noise = randn_tensor(self.mean.shape, generator=generator, device=self.mean.device, dtype=torch.float32)
+            return self.mean + self.std * noise.to(self.mean.dtype)
+
+        original = DiagonalGaussianDistribution.sample
+        DiagonalGaussianDistribution.sample = float32_posterior_sample
+        try:
+            return reference(prompt=this.prompt, image=this.image, height=this.height, width=this.width,
+                             num_frames=this.num_frames, num_inference_steps=this.num_inference_steps,
+                             latents=initial, output_type="np").frames[0]
+        finally:
+            DiagonalGaussianDistribution.sample = original
+
+    if warmup_request is not None:
+        run(warmup_request)
+    seconds, peak, video = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
+    del reference
+    return seconds, peak, (video * 255).round().astype(np.uint8), final_latents[0]
+
+
+def difference(ours: np.ndarray, reference: np.ndarray, ours_latents=None, reference_latents=None) -> dict:
+    """Video difference (relative L2, max uint8 step) and, given them, the final latents' relative L2."""
+    delta = ours.astype(np.float64) - reference.astype(np.float64)
+    result = dict(relative_l2=float(np.linalg.norm(delta) / np.linalg.norm(reference.astype(np.float64))),
+                  max_abs_uint8=float(np.abs(delta).max()))
+    if ours_latents is not None:
+        result["latents_relative_l2"] = float((ours_latents - reference_latents).norm() / reference_latents.norm())
+    return result
+
+
+def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours.float() - reference.float()).norm() / reference.float().norm())
+
+
+class Results:
+    """A result file that is rewritten after every measurement, so a run cut short keeps what it measured."""
+
+    def __init__(self, path: Path, **header: Any):
+        self.path = path
+        self.data: dict[str, Any] = dict(device_description(), **header)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.save()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def append(self, key: str, row: dict) -> None:
+        self.data.setdefault(key, []).append(row)
+        print(key, json.dumps(row), flush=True)
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=2))
+
+
+# Triton's per-model statistics, as read by the serving benchmarks.
+STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def statistics_counters(triton_client) -> dict[str, dict[str, int]]:
+    """Per model, Triton's cumulative success count and nanoseconds per part (a snapshot to subtract)."""
+    counters = {}
+    for model in triton_client.get_inference_statistics(as_json=True)["model_stats"]:
+        stats = model["inference_stats"]
+        counters[model["name"]] = dict(count=int(stats["success"].get("count", 0)),
+                                       **{part: int(stats[part].get("ns", 0)) for part in STAT_PARTS})
+    return counters
+
+
+def model_statistics(triton_client, since: dict[str, dict[str, int]] | None = None) -> dict:
+    """Per model: requests, and mean ms of queue / input / compute / output, from Triton's statistics;
+    with ``since`` (an earlier statistics_counters), only the requests after it: a warm-up request's
+    compilation and allocations would otherwise inflate every mean."""
+    table = {}
+    for name, now in statistics_counters(triton_client).items():
+        before = (since or {}).get(name, {})
+        delta = {key: value - before.get(key, 0) for key, value in now.items()}
+        if delta["count"]:
+            table[name] = dict(requests=delta["count"],
+                               **{f"{part}_ms": delta[part] / delta["count"] / 1e6 for part in STAT_PARTS})
+    return table

@@ -1,0 +1,159 @@
+"""One UNet call (a CFG batch) per runtime variant on the GPU, full-size architecture with RANDOM weights:
+ms per call, achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode on the eager model), peak memory,
+load-and-first-call seconds (compilation, capture) and the relative L2 of the output against eager; the
+shallow path of feature reuse next to the full one; the temporal attention kernel against PyTorch's SDPA
+backends at the UNet's temporal shapes; optionally a kernel profile of one variant.
+
+Usage: python -m bench.unet_calls --out DIR [--variants eager,fast] [--size 16x512x512] [--feature-reuse fast]
+       [--attention] [--profile fast] [--dtype float16]
+Writes DIR/unet_calls.json after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    DEVICE,
+    Results,
+    count_unet_flops,
+    ensure_checkpoint,
+    relative_l2,
+    synchronize,
+    timed,
+)
+from openspeedy.components import load_component, parse_shapes
+from openspeedy.unet.variants import VARIANTS
+
+
+def load(checkpoint: Path, variant: str, dtype: str):
+    synchronize()
+    started = time.perf_counter()
+    unet = load_component("unet", checkpoint, DEVICE, dtype, VARIANTS[variant])
+    return unet, started
+
+
+def call_row(unet, inputs, flops: int, started: float, reference, repeats: int, **extra) -> tuple[dict, torch.Tensor]:
+    out = unet.infer(inputs)["NOISE_PRED"]  # compiles and captures, where the variant does
+    synchronize()
+    first_call_s = time.perf_counter() - started
+    seconds, peak, out = timed(lambda: unet.infer(inputs)["NOISE_PRED"], repeats=repeats, warmup=2)
+    row = dict(ms=seconds * 1e3, tflops=flops / seconds / 1e12, peak_bytes=peak, load_and_first_call_s=first_call_s,
+               **extra)
+    if reference is not None:
+        row["relative_l2_vs_eager"] = relative_l2(out, reference)
+    return row, out
+
+
+def attention_shapes(frames: int, height: int, width: int, batch: int = 2) -> list[tuple[int, int, int]]:
+    """(sequences, tokens, heads) of the temporal attentions at each UNet level (head size 64)."""
+    shapes = []
+    for level, channels in enumerate((320, 640, 1280, 1280)):
+        pixels = (height // 8 >> level) * (width // 8 >> level)
+        shapes.append((batch * pixels, frames, channels // 64))
+    return shapes
+
+
+def bench_attention(frames: int, height: int, width: int, dtype: torch.dtype) -> list[dict]:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from openspeedy.unet.temporal_attention import temporal_attention
+
+    rows = []
+    for sequences, tokens, heads in attention_shapes(frames, height, width):
+        qkv = torch.randn(sequences, tokens, 3 * heads * 64, device=DEVICE, dtype=dtype)
+        q, k, v = qkv.chunk(3, dim=-1)
+        split = [t.reshape(sequences, tokens, heads, 64).transpose(1, 2) for t in (q, k, v)]
+        row = dict(sequences=sequences, tokens=tokens, heads=heads,
+                   bytes_moved=4 * sequences * tokens * heads * 64 * qkv.element_size())
+        reference = F.scaled_dot_product_attention(*[t.float() for t in split]).transpose(1, 2).reshape(q.shape)
+        seconds, _, out = timed(lambda: temporal_attention(q, k, v, heads), repeats=20, warmup=3)
+        row["kernel_ms"], row["kernel_relative_l2"] = seconds * 1e3, relative_l2(out, reference)
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                              ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            try:
+                with sdpa_kernel(backend):
+                    # What diffusers' processor runs: SDPA on the head views, then the heads back in place.
+                    seconds, _, _ = timed(lambda: F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(
+                        q.shape), repeats=20, warmup=3)
+                row[f"sdpa_{name}_ms"] = seconds * 1e3
+            except RuntimeError as error:
+                row[f"sdpa_{name}_ms"] = f"unavailable: {str(error)[:80]}"
+        rows.append(row)
+    return rows
+
+
+def profile_calls(unet, inputs, path: Path, calls: int = 3) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            unet.infer(inputs)
+        synchronize()
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--variants", default="eager,fast", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--size", default="16x512x512", help="FRAMESxHEIGHTxWIDTH")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"))
+    parser.add_argument("--feature-reuse", default="", help="variants whose shallow path is timed too")
+    parser.add_argument("--attention", action="store_true", help="temporal attention kernel against SDPA")
+    parser.add_argument("--profile", default="", help="a variant whose kernels are profiled")
+    parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
+    args = parser.parse_args()
+    ensure_checkpoint(args.checkpoint, args.smoke)
+    dtype = "float32" if args.smoke else args.dtype
+    ((frames, height, width),) = parse_shapes(args.size)
+    repeats = 1 if args.smoke else 10
+    results = Results(args.out / "unet_calls.json", frames=frames, height=height, width=width, batch=2, dtype=dtype)
+    if args.attention and DEVICE.type == "cuda":
+        results["temporal_attention"] = bench_attention(frames, height, width, getattr(torch, dtype))
+
+    reference, flops, inputs = None, None, None
+    for variant in filter(None, args.variants.split(",")):
+        unet, started = load(args.checkpoint, variant, dtype)
+        if inputs is None:
+            inputs = unet.example_inputs(frames, height, width)
+            inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
+            flops = count_unet_flops(unet, inputs)
+            results["flops"] = flops
+        row, out = call_row(unet, inputs, flops, started, reference, repeats, variant=variant,
+                            options=VARIANTS[variant])
+        reference = out if reference is None else reference
+        results.append("calls", row)
+        if variant in args.feature_reuse.split(","):
+            started = time.perf_counter()
+            keep = inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)}
+            full = unet.infer(keep)
+            shallow = inputs | {"DEEP_FEATURES": full["DEEP_FEATURES"]}
+            unet.infer(shallow)
+            synchronize()
+            compile_s = time.perf_counter() - started
+            full_s, _, full = timed(lambda: unet.infer(keep), repeats=repeats, warmup=1)
+            shallow_s, _, out = timed(lambda: unet.infer(shallow)["NOISE_PRED"], repeats=repeats, warmup=1)
+            results.append("feature_reuse", dict(
+                variant=variant, full_with_features_ms=full_s * 1e3, shallow_ms=shallow_s * 1e3,
+                shallow_fraction=shallow_s / full_s, compile_and_capture_s=compile_s,
+                full_relative_l2_vs_eager=relative_l2(full["NOISE_PRED"], reference),
+                # the same step's own features: what the shallow path adds by itself (its arithmetic only)
+                shallow_same_step_relative_l2=relative_l2(out, full["NOISE_PRED"]),
+                deep_features_shape=list(full["DEEP_FEATURES"].shape)))
+        if variant == args.profile and DEVICE.type == "cuda":
+            profile_calls(unet, inputs, args.out / f"profile_{variant}_{args.size}.txt")
+        del unet
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
