@@ -37,14 +37,16 @@ from gpu_bench import (  # noqa: E402
 )
 from unet_speed import VARIANTS  # noqa: E402
 
-from export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component, parse_shapes  # noqa: E402
+from openspeedy.components import COMPONENT_CLASSES, load_component, parse_shapes  # noqa: E402
+from openspeedy.contracts import UNET  # noqa: E402
+from openspeedy.example_inputs import example_inputs  # noqa: E402
+from openspeedy.export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
 
 SIZES = "16x512x512,24x768x768,32x512x512,16x704x1280"
 
 
 def unet_call(unet, frames: int, height: int, width: int, flops: int, repeats: int) -> dict:
-    inputs = unet.example_inputs(frames, height, width)
+    inputs = example_inputs(UNET, unet.sizes(frames, height, width), device=unet.device)
     inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
     seconds, _, _ = timed(lambda: unet.infer(inputs), repeats=repeats, warmup=1)
     return dict(unet_ms=seconds * 1e3, unet_tflops=flops / seconds / 1e12)
@@ -77,7 +79,7 @@ def main() -> None:
         (args.out / "end_to_end.json").write_text(json.dumps(results, indent=2))
 
     others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name)
-              for name in WEIGHT_FOLDERS if name != "unet"}
+              for name in COMPONENT_CLASSES if name != "unet"}
     for frames, height, width in parse_shapes(args.sizes):
         request = video_request(args.steps, frames, height, width)
         warmup = video_request(2, frames, height, width)
@@ -91,7 +93,8 @@ def main() -> None:
             torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
             unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, VARIANTS[name])
             if "flops" not in row:
-                row["flops"] = count_unet_flops(unet, unet.example_inputs(frames, height, width))
+                inputs = example_inputs(UNET, unet.sizes(frames, height, width), device=unet.device)
+                row["flops"] = count_unet_flops(unet, inputs)
             started = time.perf_counter()
             seconds, peak, video, latents = run_openspeedy(args.checkpoint, others | {"unet": unet}, request, 1, warmup)
             measured = dict(pipeline=f"openspeedy-{name}", seconds=seconds, peak_bytes=peak,

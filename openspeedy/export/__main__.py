@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openspeedy.unet.variants import RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entry-instances", type=int, default=1,
                         help="requests the orchestrator works on at once (each instance has its own local cache)")
     parser.add_argument("--component-instances", type=int, default=1)
-    parser.add_argument("--unet-runtime", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+    parser.add_argument("--unet-runtime", choices=RUNTIMES, default="torch",
                         help="unet runs on PyTorch, on onnxruntime (the exported ONNX graph) or as a TensorRT engine "
-                             "(needs tensorrt and --device gpu; see export/README.md)")
+                             "(needs tensorrt and --device gpu; see openspeedy/export/README.md)")
     from openspeedy.export.tensorrt_engine import add_profile_arguments  # no torch: light at parse time
 
     add_profile_arguments(parser)
@@ -44,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Path:
     # Imported here so that `openspeedy generate` never loads torch and diffusers.
     from openspeedy.cache import CacheSettings
-    from openspeedy.model_config import QueuePolicy
-    from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
     from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+    from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
     from openspeedy.export.tensorrt_engine import profile_from_arguments, require_tensorrt
+    from openspeedy.model_config import QueuePolicy
 
     if args.unet_runtime == "tensorrt":
         require_tensorrt()  # refuse before minutes of export work

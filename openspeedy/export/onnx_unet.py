@@ -4,11 +4,11 @@ Exporter: the legacy TorchScript one (``dynamo=False``). It records the shape ar
 diffusers code (reshapes by batch and frames, upsample sizes) as graph ops, so one graph serves every
 batch, frame count and latent size, and it needs nothing beyond torch and onnx. The dynamo exporter
 needs onnxscript, which the lock does not carry, and failed on this model with ``dynamic_axes``
-(ENVIRONMENT.md); nothing here needs what it adds.
+(docs/models.md); nothing here needs what it adds.
 
 Two details make the traced graph general:
 - ``nn.AdaptiveAvgPool2d`` in the image-latents context embedder is swapped for an equivalent made of
-  matrix products while tracing (export/adaptive_pool.py); the served PyTorch model is untouched.
+  matrix products while tracing (openspeedy/export/adaptive_pool.py); the served PyTorch model is untouched.
 - The UNet passes each skip connection's size to its upsampler only when the latent size is not a
   multiple of ``2 ** num_upsamplers``; otherwise it upsamples by a fixed factor of 2. Tracing at a
   size that is not a multiple records the size-forwarding branch, which is also exact for multiples
@@ -31,25 +31,20 @@ from diffusers import I2VGenXLUNet
 from torch import nn
 
 from openspeedy import contracts
+from openspeedy.example_inputs import example_inputs, unet_sizes
 from openspeedy.export.adaptive_pool import matmul_pooling
 
 OPSET = 17  # LayerNormalization is native from 17; TensorRT 10 parses opsets up to 20
 EXTERNAL_DATA_SUFFIX = ".data"
 
-# Symbolic names of the dimensions that vary between requests; the TensorRT profiles set a
-# min/opt/max per name (export/tensorrt_engine.py). Every other dimension is fixed by the weights
-# (channels, embedding widths) and stays static in the graph; the Triton config keeps -1 for them,
-# which the TensorRT and onnxruntime backends accept against a static dimension.
-DYNAMIC_AXES: dict[str, dict[int, str]] = {
-    "SAMPLE": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-    "TIMESTEP": {},
-    "ENCODER_HIDDEN_STATES": {0: "batch", 1: "tokens"},
-    "FPS": {0: "batch"},
-    "IMAGE_LATENTS": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-    "IMAGE_EMBEDDINGS": {0: "batch"},
-    "NOISE_PRED": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-}
-assert list(DYNAMIC_AXES) == [*contracts.UNET.input_names, *contracts.UNET.output_names]
+# The graph's dynamic axes are the contract's varying axes (batch, frames, latent height and width,
+# tokens), named as there; the TensorRT profiles set a min/opt/max per name
+# (openspeedy/export/tensorrt_engine.py). Axes the weights fix (channels, embedding widths) stay static
+# in the graph; the Triton config keeps -1 for them, which the TensorRT and onnxruntime backends accept
+# against a static dimension.
+def dynamic_axes(contract: contracts.ModelContract = contracts.UNET) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export``'s dynamic_axes: each tensor's varying axes, by position, named as in the contract."""
+    return {spec.name: spec.varying_axes for spec in (*contract.inputs, *contract.outputs) if spec.varying_axes}
 
 
 class ContractUNet(nn.Module):
@@ -71,30 +66,13 @@ class ContractUNet(nn.Module):
         )[0]
 
 
-def example_inputs(
-    unet: I2VGenXLUNet, batch: int = 2, frames: int = 3, height: int | None = None, width: int | None = None,
-    tokens: int = 77, seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Contract inputs for ``unet``. The default latent size is the tracing size: not a multiple of the
-    upsampling factor (see the module docstring), small so that tracing the full-size model is quick."""
+def tracing_inputs(unet: I2VGenXLUNet, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Contract inputs at the tracing size: a latent size that is not a multiple of the upsampling
+    factor (see the module docstring), small so that tracing the full-size model is quick."""
     factor = 2**unet.num_upsamplers
-    height = factor + 1 if height is None else height
-    width = factor + 3 if width is None else width
-    config = unet.config
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator)
-
-    latents = (batch, config.in_channels, frames, height, width)
-    return {
-        "SAMPLE": randn(*latents),
-        "TIMESTEP": torch.tensor([501], dtype=torch.int64),
-        "ENCODER_HIDDEN_STATES": randn(batch, tokens, config.cross_attention_dim),
-        "FPS": torch.full((batch,), 16, dtype=torch.int64),
-        "IMAGE_LATENTS": randn(*latents),
-        "IMAGE_EMBEDDINGS": randn(batch, 1, config.cross_attention_dim),
-    }
+    sizes = unet_sizes(unet.config, frames=3, height=factor + 1, width=factor + 3)
+    return example_inputs(contracts.UNET, sizes, {"TIMESTEP": 501, "FPS": 16},
+                          generator=torch.Generator().manual_seed(seed))
 
 
 def trace_to_onnx(unet: I2VGenXLUNet, path: Path, opset: int = OPSET) -> Path:
@@ -102,7 +80,7 @@ def trace_to_onnx(unet: I2VGenXLUNet, path: Path, opset: int = OPSET) -> Path:
     next to it; ``consolidate`` turns any result into the served layout."""
     unet = unet.float().eval()
     wrapper = ContractUNet(unet).eval()
-    inputs = example_inputs(unet)
+    inputs = tracing_inputs(unet)
     with matmul_pooling(unet), torch.no_grad(), warnings.catch_warnings():
         # The tracer warns at every Python-level shape comparison in diffusers; the tests check the
         # graph at many shapes instead.
@@ -113,7 +91,7 @@ def trace_to_onnx(unet: I2VGenXLUNet, path: Path, opset: int = OPSET) -> Path:
             str(path),
             input_names=list(contracts.UNET.input_names),
             output_names=list(contracts.UNET.output_names),
-            dynamic_axes={name: axes for name, axes in DYNAMIC_AXES.items() if axes},
+            dynamic_axes=dynamic_axes(),
             opset_version=opset,
             dynamo=False,
         )

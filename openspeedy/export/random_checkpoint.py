@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
 from tokenizers import pre_tokenizers
-from openspeedy.components import CLIPImageProcessor
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -24,7 +23,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-# The published scheduler config of I2VGen-XL (see ENVIRONMENT.md): DDIM, v-prediction, zero-SNR.
+from openspeedy.components import CLIPImageProcessor
+from openspeedy.contracts import PROMPT_TOKENS
+
+# The published scheduler config of I2VGen-XL (docs/models.md): DDIM, v-prediction, zero-SNR.
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -60,7 +62,7 @@ TINY = Architecture(
               cross_attention_dim=16, attention_head_dim=2),
 )
 
-# The published ali-vilab/i2vgen-xl configs (ENVIRONMENT.md): UNet 1,420.5 M parameters; OpenCLIP
+# The published ali-vilab/i2vgen-xl configs (docs/models.md): UNet 1,420.5 M parameters; OpenCLIP
 # ViT-H text tower; CLIP ViT-H/14 vision tower with a 1024 projection; the SD-style VAE.
 FULL_SIZE = Architecture(
     text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -84,7 +86,7 @@ def _tokenizer() -> CLIPTokenizer:
     merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r</w>")]
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=PROMPT_TOKENS)
 
 
 def build_checkpoint(directory: Path, architecture: Architecture = TINY, seed: int = 0,
@@ -99,7 +101,7 @@ def build_checkpoint(directory: Path, architecture: Architecture = TINY, seed: i
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             **({"vocab_size": len(tokenizer)} | a.text),
-            max_position_embeddings=77,
+            max_position_embeddings=PROMPT_TOKENS,
             hidden_act="gelu",
             bos_token_id=0,
             eos_token_id=1,

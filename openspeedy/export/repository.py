@@ -11,15 +11,16 @@ from pathlib import Path
 
 from openspeedy import contracts
 from openspeedy.cache import CacheSettings, fingerprint_files
-from openspeedy.components import WEIGHT_FOLDERS
+from openspeedy.components import COMPONENT_CLASSES
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
-from openspeedy.export import unet_runtime
+from openspeedy.export import unet_repository
 from openspeedy.export.tensorrt_engine import UNetProfile
 from openspeedy.model_config import InstanceGroup, QueuePolicy, render_config
 from openspeedy.request import RequestSettings
+from openspeedy.unet.variants import compiled_serving_options
 
 # The adapters (model.py) live in the source tree's model_repository/, next to this package folder.
-SOURCE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 # What the reference pipeline defaults to for the published weights.
 REFERENCE_SETTINGS = RequestSettings()
@@ -54,7 +55,7 @@ class ExportOptions:
     queue: QueuePolicy = field(default_factory=QueuePolicy)
     warmup_shapes: str = ""  # "FRAMESxHEIGHTxWIDTH,...": compiled and measured at load, not at the first request
     unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
-    unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (export/unet_runtime.py)
+    unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (openspeedy/export/unet_repository.py)
     unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
     # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
     # and the orchestrators on each GPU call their own GPU's copies, so no tensor crosses GPUs.
@@ -81,7 +82,7 @@ PUBLISHED_VAE_SCALING_FACTOR = 0.18125  # ali-vilab/i2vgen-xl vae/config.json
 def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str, str]:
     """The config.pbtxt text of every model, rendered from its contract and the export options
     (the weight fingerprints come with ``options.cache``)."""
-    options = unet_runtime.resolve(options)
+    options = unet_repository.resolve(options)
     kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
     configs = {}
     for contract in contracts.COMPONENTS:
@@ -109,14 +110,14 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
 def _component_config(contract: contracts.ModelContract, options: ExportOptions, group: InstanceGroup,
                       name: str) -> str:
     if contract is contracts.UNET and options.unet_runtime != "torch":
-        return unet_runtime.unet_config(options, group, name)
+        return unet_repository.unet_config(options, group, name)
     parameters = {"dtype": options.dtype}
     if options.warmup_shapes and contract in (contracts.UNET, contracts.VAE_DECODER):
         parameters["warmup_shapes"] = options.warmup_shapes
     if contract is contracts.UNET and options.unet_compile_mode:
-        # The benchmarked compiled runtime (bench/unet_speed.py "compile-layout"): fused QKV projections
-        # and temporal convolutions as 2D ones, inside the channels-last graph (openspeedy/unet_layout.py).
-        parameters |= {"compile_mode": options.unet_compile_mode, "fuse_qkv": "true", "temporal_conv2d": "true"}
+        # The benchmarked compiled variant: fused QKV projections and temporal convolutions as 2D ones,
+        # inside the channels-last graph (openspeedy/unet/layout.py).
+        parameters |= compiled_serving_options(options.unet_compile_mode)
     if contract is contracts.VAE_DECODER:
         parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
         parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
@@ -147,17 +148,18 @@ def build_repository(
         image_fingerprint=fingerprint_files(*(checkpoint / f for f in ("image_encoder", "feature_extractor", "vae"))),
         prompt_fingerprint=fingerprint_files(checkpoint / "text_encoder", checkpoint / "tokenizer"),
     ))
-    weights = dict(WEIGHT_FOLDERS) | {contract.name: ("scheduler",) for contract in contracts.ENTRY_MODELS}
+    weights = {name: cls.weight_folders for name, cls in COMPONENT_CLASSES.items()}
+    weights |= {contract.name: ("scheduler",) for contract in contracts.ENTRY_MODELS}
     built_unet = None  # an ONNX graph or engine is made once and linked into the other GPUs' copies
     for name, config in model_configs(options, vae_config["scaling_factor"]).items():
         component = contracts.component_of(name)
         version = output / name / "1"
         version.mkdir(parents=True, exist_ok=True)
         if component == contracts.UNET.name:
-            unet_runtime.remove_runtime_files(version)  # switching runtimes leaves nothing stale
+            unet_repository.remove_runtime_files(version)  # switching runtimes leaves nothing stale
         if component == contracts.UNET.name and options.unet_runtime != "torch":
             if built_unet is None:
-                unet_runtime.write_unet(checkpoint, output / name, options, source_repository)  # graph or engine
+                unet_repository.write_unet(checkpoint, output / name, options, source_repository)  # graph or engine
                 built_unet = version
             else:
                 _place(built_unet, version)
@@ -167,3 +169,7 @@ def build_repository(
             shutil.copy2(source_repository / component / "1" / "model.py", version / "model.py")
         (output / name / "config.pbtxt").write_text(config)
     return output
+
+
+if __name__ == "__main__":  # `make configs`
+    write_source_configs()

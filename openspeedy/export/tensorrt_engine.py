@@ -6,7 +6,7 @@ models all follow from it. The Triton config is rendered from ``contracts.UNET``
 config, so the TensorRT model has the PyTorch model's tensor names, dtypes and dims.
 
 TensorRT is imported only to build: everything else here runs (and is tested) without it. An engine
-is specific to the GPU model and the TensorRT version that built it (export/README.md).
+is specific to the GPU model and the TensorRT version that built it (openspeedy/export/README.md).
 """
 
 from __future__ import annotations
@@ -26,26 +26,32 @@ NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51 with TensorRT
 
 Range = tuple[int, int, int]  # min, opt, max
 
+# The profile gives these axes in pixels, as requests do; the graph's are latent pixels.
+PIXEL_AXES = ("height", "width")
+
 
 @dataclass(frozen=True)
 class UNetProfile:
-    """The shapes one engine serves: (min, opt, max) of each varying dimension. Kernels are tuned
-    for ``opt``; ``max`` sets the activation memory the engine reserves, so keep it no larger than
-    requests need. Heights and widths are in pixels (multiples of ``vae_scale_factor``)."""
+    """The shapes one engine serves: (min, opt, max) of each axis that the unet contract lets vary,
+    one field per axis, named as in the contract. Kernels are tuned for ``opt``; ``max`` sets the
+    activation memory the engine reserves, so keep it no larger than requests need. Heights and widths
+    are in pixels (multiples of ``vae_scale_factor``)."""
 
     batch: Range = (1, 2, 2)  # 2 with classifier-free guidance, 1 without
     frames: Range = (1, 16, 32)
     height: Range = (64, 704, 1280)  # the reference default is 704x1280 (and 1280x704 fits too)
     width: Range = (64, 1280, 1280)
-    tokens: Range = (77, 77, 77)  # the text encoder pads every prompt to the tokenizer's 77
+    tokens: Range = (contracts.PROMPT_TOKENS,) * 3  # the text encoder pads every prompt to this length
     vae_scale_factor: int = 8
 
     def __post_init__(self):
-        for name in ("batch", "frames", "height", "width", "tokens"):
+        for name in contracts.UNET.varying_axes:
+            if not hasattr(self, name):
+                raise ValueError(f"UNetProfile has no range for the unet contract's axis {name!r}")
             low, opt, high = getattr(self, name)
             if not 1 <= low <= opt <= high:
                 raise ValueError(f"UNetProfile.{name} must be 1 <= min <= opt <= max, got {(low, opt, high)}")
-        for name in ("height", "width"):
+        for name in PIXEL_AXES:
             if any(v % self.vae_scale_factor for v in getattr(self, name)):
                 raise ValueError(f"UNetProfile.{name} must be multiples of {self.vae_scale_factor} pixels")
 
@@ -61,13 +67,13 @@ class UNetProfile:
         )
 
     def dimension_ranges(self) -> dict[str, Range]:
-        """(min, opt, max) per symbolic dimension of the ONNX graph (export/onnx_unet.DYNAMIC_AXES);
-        heights and widths in latent pixels."""
-        latent = tuple(v // self.vae_scale_factor for v in self.height), tuple(
-            v // self.vae_scale_factor for v in self.width
-        )
-        return {"batch": self.batch, "frames": self.frames, "height": latent[0], "width": latent[1],
-                "tokens": self.tokens}
+        """(min, opt, max) per varying axis of the unet contract, which names the ONNX graph's dynamic
+        dimensions; heights and widths in latent pixels."""
+        ranges = {}
+        for name in contracts.UNET.varying_axes:
+            values = getattr(self, name)
+            ranges[name] = tuple(v // self.vae_scale_factor for v in values) if name in PIXEL_AXES else values
+        return ranges
 
     def restrict(self, settings: RequestSettings) -> RequestSettings:
         """``settings`` narrowed to what the engine serves, so that the entry models refuse a request
@@ -147,8 +153,8 @@ def require_tensorrt():
     except ImportError as error:
         raise RuntimeError(
             f"TensorRT is not importable here ({error}). Build the engine where it is: in the NGC container "
-            f"{NGC_IMAGE} (export/README.md), on the GPU model that will serve it, or with the trtexec command "
-            "that `python -m openspeedy.export.tensorrt_engine --print-trtexec ...` prints."
+            f"{NGC_IMAGE} (openspeedy/export/README.md), on the GPU model that will serve it, or with the trtexec "
+            "command that `python -m openspeedy.export.tensorrt_engine --print-trtexec ...` prints."
         ) from None
     return tensorrt
 
@@ -168,7 +174,7 @@ def require_modelopt():
 def quantize_fp8(unet, calibration_batches) -> None:
     """Inserts FP8 quantizers into ``unet`` in place (ModelOpt), calibrated on ``calibration_batches``
     (dicts of contract inputs from real prompts and images, on the GPU). Export the result with
-    export/onnx_unet.trace_to_onnx and build with ``precision="fp8"``; TensorRT then runs the quantized
+    openspeedy/export/onnx_unet.trace_to_onnx and build with ``precision="fp8"``; TensorRT then runs the quantized
     layers in FP8 on GPUs that have it (Hopper and later) and the rest in FP16."""
     mtq = require_modelopt()
     from openspeedy.export.onnx_unet import ContractUNet
@@ -249,22 +255,22 @@ def tensorrt_config(instance_group: InstanceGroup, name: str | None = None) -> s
 
 
 def add_profile_arguments(parser) -> None:
-    """One ``--profile-<dimension> MIN,OPT,MAX`` option per range of ``UNetProfile`` (defaults: its own)."""
-    for field in dataclasses.fields(UNetProfile):
-        if field.type == "Range":
-            default = ",".join(str(v) for v in field.default)
-            parser.add_argument(f"--profile-{field.name}", default=default, metavar="MIN,OPT,MAX",
-                                help=f"TensorRT profile: {field.name} (default {default})")
+    """One ``--profile-<axis> MIN,OPT,MAX`` option per varying axis of the unet contract (defaults:
+    ``UNetProfile``'s)."""
+    defaults = UNetProfile()
+    for name in contracts.UNET.varying_axes:
+        default = ",".join(str(v) for v in getattr(defaults, name))
+        parser.add_argument(f"--profile-{name}", default=default, metavar="MIN,OPT,MAX",
+                            help=f"TensorRT profile: {name} (default {default})")
 
 
 def profile_from_arguments(args) -> UNetProfile:
     ranges = {}
-    for field in dataclasses.fields(UNetProfile):
-        if field.type == "Range":
-            values = tuple(int(v) for v in getattr(args, f"profile_{field.name}").split(","))
-            if len(values) != 3:
-                raise ValueError(f"--profile-{field.name} takes MIN,OPT,MAX, got {values}")
-            ranges[field.name] = values
+    for name in contracts.UNET.varying_axes:
+        values = tuple(int(v) for v in getattr(args, f"profile_{name}").split(","))
+        if len(values) != 3:
+            raise ValueError(f"--profile-{name} takes MIN,OPT,MAX, got {values}")
+        ranges[name] = values
     return UNetProfile(**ranges)
 
 
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m openspeedy.export.tensorrt_engine", description=main.__doc__)
-    parser.add_argument("--onnx", type=Path, required=True, help="unet ONNX graph (export/onnx_unet.py)")
+    parser.add_argument("--onnx", type=Path, required=True, help="unet ONNX graph (openspeedy/export/onnx_unet.py)")
     parser.add_argument("--plan", type=Path, required=True, help="engine to write, e.g. models/unet/1/model.plan")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16",
                         help="fp8 needs a graph quantized with quantize_fp8 (NVIDIA ModelOpt)")

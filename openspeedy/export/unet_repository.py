@@ -1,8 +1,9 @@
-"""The runtime of the `unet` model, chosen at export (``ExportOptions.unet_runtime``, ``--unet-runtime``).
+"""What export writes for each runtime of the `unet` model (openspeedy.unet.variants.RUNTIMES), chosen with
+``ExportOptions.unet_runtime`` (``--unet-runtime``).
 
 - ``torch``: the diffusers weights, served by the python backend (openspeedy.components.UNet).
 - ``onnxruntime``: the exported ONNX graph in the version folder, served by the python backend
-  (openspeedy.unet_onnx); the config parameter ``runtime: onnxruntime`` selects it.
+  (openspeedy.unet.onnxruntime_runtime); the config parameter ``runtime: onnxruntime`` selects it.
 - ``tensorrt``: a TensorRT engine (``model.plan``) served by Triton's TensorRT backend; the ONNX graph
   it was built from stays beside the repository (``<repository>_unet_onnx/``) for rebuilds on other GPUs.
 
@@ -19,12 +20,11 @@ from typing import TYPE_CHECKING
 from openspeedy import contracts
 from openspeedy.export.tensorrt_engine import PLAN_FILE, build_engine, require_tensorrt, tensorrt_config
 from openspeedy.model_config import InstanceGroup, render_config
-from openspeedy.unet_onnx import ONNX_FILE
+from openspeedy.unet.onnxruntime_runtime import ONNX_FILE
+from openspeedy.unet.variants import RUNTIMES
 
 if TYPE_CHECKING:
     from openspeedy.export.repository import ExportOptions
-
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 
 
 def resolve(options: "ExportOptions") -> "ExportOptions":

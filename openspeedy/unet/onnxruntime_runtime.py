@@ -1,4 +1,4 @@
-"""The `unet` component on onnxruntime: runs the exported ONNX graph (export/onnx_unet.py) in the python backend.
+"""The `unet` component on onnxruntime: the exported ONNX graph (openspeedy/export/onnx_unet.py) in the python backend.
 
 It serves the very graph TensorRT builds its engine from, so the graph is checked end to end on
 machines without TensorRT. Same contract as the PyTorch `UNet`; chosen by the unet config parameter
@@ -22,6 +22,8 @@ class OnnxRuntimeUNet:
     """One noise prediction for a (CFG) batch, computed by onnxruntime from ``<version>/model.onnx``."""
 
     contract = contracts.UNET
+    runtime = "onnxruntime"
+    weight_folders = ()  # export writes the graph itself (openspeedy/export/unet_repository.py)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         import onnxruntime  # here, so that the PyTorch runtime never needs it

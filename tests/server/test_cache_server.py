@@ -8,12 +8,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import encode, free_port, random_image
 from openspeedy.cache import CacheSettings
 from openspeedy.client import Client
 from openspeedy.export.random_checkpoint import build_tiny_checkpoint
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
 from openspeedy.server import ServerOptions, TritonServer
+from tests.helpers import encode, free_port, random_image
 
 pytestmark = pytest.mark.server
 IMAGE = encode(random_image(100, 70, seed=21))

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from conftest import free_port
 from openspeedy.video import decode_video
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.server
 OPENSPEEDY = [sys.executable, "-m", "openspeedy.cli"]
@@ -17,7 +17,7 @@ def test_generate_writes_a_video(triton, tmp_path, protocol, suffix):
     out = tmp_path / f"video{suffix}"
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
     image = tmp_path / "in.png"
-    from conftest import random_image
+    from tests.helpers import random_image
 
     random_image().save(image)
     result = subprocess.run(
@@ -31,7 +31,7 @@ def test_generate_writes_a_video(triton, tmp_path, protocol, suffix):
 
 
 def test_generate_reports_a_bad_request(triton, tmp_path):
-    from conftest import random_image
+    from tests.helpers import random_image
 
     image = tmp_path / "in.png"
     random_image().save(image)

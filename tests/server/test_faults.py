@@ -62,10 +62,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import encode, free_port, random_image
 from openspeedy.client import Client, GenerationError
 from openspeedy.server import ServerOptions, TritonServer
 from openspeedy.watchdog import stub_processes
+from tests.helpers import encode, free_port, random_image
 
 pytestmark = pytest.mark.server
 

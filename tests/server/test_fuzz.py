@@ -27,11 +27,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from conftest import encode, random_image
 from openspeedy.client import Client, GenerationError
 from openspeedy.contracts import I2VGEN_XL
 from openspeedy.export.repository import TINY_SETTINGS as S
 from openspeedy.request import RequestSettings
+from tests.helpers import encode, random_image
 
 pytestmark = pytest.mark.server
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import pytest
 
-from conftest import encode, random_image
 from openspeedy.client import Client
+from tests.helpers import encode, random_image
 
 pytestmark = pytest.mark.server
 

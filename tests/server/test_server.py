@@ -4,10 +4,10 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import encode, random_image
 from openspeedy.client import Client, GenerationError
 from openspeedy.client.api import request_arrays
 from openspeedy.video import decode_video
+from tests.helpers import encode, random_image
 
 pytestmark = pytest.mark.server
 
@@ -128,8 +128,8 @@ def test_missing_required_input(client, missing):
 
 
 def test_server_stops_cleanly_without_leftover_processes(tiny_repository):
-    from conftest import free_port
     from openspeedy.server import ServerOptions, TritonServer
+    from tests.helpers import free_port
 
     options = ServerOptions(tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     server = TritonServer(options).start()

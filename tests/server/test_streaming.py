@@ -11,11 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import encode, free_port, random_image
 from openspeedy.client import Client, GenerationError
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
 from openspeedy.model_config import QueuePolicy
 from openspeedy.server import ServerOptions, TritonServer
+from tests.helpers import encode, free_port, random_image
 
 pytestmark = pytest.mark.server
 IMAGE = encode(random_image(100, 60, seed=31))

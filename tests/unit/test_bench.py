@@ -1,18 +1,14 @@
 """The GPU benchmarks' pieces, run on a CPU with the tiny architecture: the end-to-end script runs and
-agrees with the reference pipeline it compares against; the served UNet's timing adapter records every
-call and changes no result."""
+agrees with the reference pipeline it compares against (tests/server checks the served UNet's timing
+adapter)."""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
+from tests.helpers import ROOT
 
-from conftest import encode, free_port, random_image
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = ROOT / "bench"
 SCRIPT = BENCH / "end_to_end.py"
 
 
@@ -33,39 +29,3 @@ def test_end_to_end_benchmark_on_a_cpu(tmp_path):
         # decodes several frames per call where the reference decodes one, which can move a rounding
         assert eager["latents_relative_l2"] == 0.0 and eager["max_abs_uint8"] <= 1 and eager["relative_l2"] < 1e-3
         assert layout["pipeline"] == "openspeedy-eager-layout" and layout["latents_relative_l2"] < 1e-5
-
-
-def test_timed_unet_model_records_every_call_and_changes_nothing(triton, tiny_repository, tmp_path, monkeypatch):
-    """bench/gpu_serving.py --unet-timings, through a real server: one timing line per UNet call, the
-    profile of calls 60..62, and the video the production adapter serves."""
-    from openspeedy.client import Client
-    from openspeedy.server import ServerOptions, TritonServer
-
-    sys.path.insert(0, str(BENCH))
-    import gpu_serving
-
-    repository = tmp_path / "repository"
-    shutil.copytree(tiny_repository, repository, symlinks=True)
-    timings = tmp_path / "unet_timings.jsonl"
-    monkeypatch.setenv("OPENSPEEDY_UNET_TIMINGS", "")  # restored afterwards; use_timed_unet sets it
-    gpu_serving.use_timed_unet(repository, timings)
-    request = dict(image=encode(random_image(64, 64, seed=3)), prompt="x", num_frames=2, num_inference_steps=63,
-                   seed=5)
-    options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    server = TritonServer(options, log_path=tmp_path / "triton.log").start()
-    try:
-        with Client(server.grpc_url) as client:
-            timed = client.generate(**request).frames
-    finally:
-        assert server.stop() == 0  # the model's finalize writes the last call's line and the profile
-    with Client(triton.grpc_url) as client:
-        assert np.array_equal(timed, client.generate(**request).frames)
-
-    rows = gpu_serving.read_unet_timings(timings)
-    assert len(rows) == 63
-    for row in rows:
-        assert 0 < row["cpu_read_inputs_ms"] < row["cpu_execute_ms"] and 0 < row["cpu_forward_ms"] < row["cpu_execute_ms"]
-        assert "gpu_execute_ms" not in row  # no GPU here
-    assert set(gpu_serving.medians(rows)) == set(rows[0])
-    report = Path(f"{timings}.prof.txt").read_text()
-    assert report.startswith("calls 60..62") and "components.py" in report and "Python (cProfile)" in report

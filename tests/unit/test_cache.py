@@ -1,5 +1,5 @@
-"""The encoding caches: correct keys, LRU under a byte budget, Redis sharing and failure, and no effect
-on the video."""
+"""The encoding caches: correct keys, LRU under a byte budget, and no effect on the video (sharing through
+Redis: tests/server/test_cache_redis.py)."""
 
 import threading
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import encode, random_image
-from openspeedy.cache import CacheSettings, CountingMetrics, EncodingCaches, LruCache, RedisStore
+from openspeedy.cache import CacheSettings, CountingMetrics, EncodingCaches, LruCache
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
+from tests.helpers import encode, random_image
 
 
 def entry(n_floats: int, value: float = 0.0):
@@ -140,39 +140,3 @@ def test_cache_off_switch(local_pipeline):
 def test_settings_round_trip_through_parameters():
     settings = CacheSettings(enabled=False, image_max_bytes=5, redis_url="redis://x:1/0", image_fingerprint="f")
     assert CacheSettings.from_parameters(settings.as_parameters()) == settings
-
-
-def test_redis_store_round_trip_with_ttl(redis_server):
-    metrics = CountingMetrics()
-    store = RedisStore(redis_server.url, ttl_s=60, metrics=metrics)
-    value = {"embeds": torch.randn(1, 16), "posterior": torch.randn(1, 8, 4, 4)}
-    store.put("image", "key1", value)
-    back = store.get("image", "key1")
-    assert all(torch.equal(back[k], value[k]) for k in value)
-    assert 0 < store.client.ttl("key1") <= 60
-    assert store.get("image", "missing") is None and metrics.counts == {}
-
-
-def test_redis_down_is_counted_not_raised(redis_server):
-    metrics = CountingMetrics()
-    store = RedisStore(redis_server.url, ttl_s=60, metrics=metrics, retry_after_s=30)
-    redis_server.stop()
-    assert store.get("image", "k") is None
-    store.put("image", "k", {"x": torch.zeros(2)})  # within retry_after: not even tried
-    assert metrics.get("backend_error", "image") == 1
-
-
-def test_two_pipelines_share_one_redis(redis_server, local_pipeline):
-    def pipeline(fingerprint):
-        metrics = CountingMetrics()
-        caches = EncodingCaches(CacheSettings(redis_url=redis_server.url, image_fingerprint=fingerprint), metrics)
-        return I2VGenXL(local_pipeline.call_model, local_pipeline.scheduler_config,
-                        local_pipeline.vae_scaling_factor, caches=caches), metrics
-
-    (first, _), (second, second_metrics) = pipeline("w1"), pipeline("w1")
-    (other_weights, other_metrics) = pipeline("w2")
-    video = first.generate(make_request()).numpy()
-    assert second.generate(make_request()).numpy().tobytes() == video.tobytes()
-    assert second_metrics.get("hit", "image") == 1 and second_metrics.get("miss", "image") == 0
-    other_weights.generate(make_request())
-    assert other_metrics.get("miss", "image") == 1  # another fingerprint never reads the old entry

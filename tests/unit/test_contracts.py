@@ -1,43 +1,11 @@
 """Every config.pbtxt (committed and exported) agrees with the contracts declared in the package."""
 
-from pathlib import Path
-
 import pytest
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from openspeedy import contracts
-from openspeedy.components import COMPONENT_CLASSES
-
-SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
-
-
-def parse(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def tensors(config_tensors, is_input: bool):
-    result = {}
-    for tensor in config_tensors:
-        datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
-        result[tensor.name] = (
-            "BYTES" if datatype == "STRING" else datatype,
-            tuple(tensor.dims),
-            tensor.optional if is_input else False,
-        )
-    return result
-
-
-def declared(specs):
-    return {spec.name: (spec.datatype, spec.dims, spec.optional) for spec in specs}
-
-
-def assert_agrees(config: model_config_pb2.ModelConfig, contract: contracts.ModelContract) -> None:
-    assert config.name == contract.name
-    assert config.max_batch_size == 0
-    assert tensors(config.input, True) == declared(contract.inputs)
-    assert tensors(config.output, False) == declared(contract.outputs)
-    assert config.model_transaction_policy.decoupled == contract.decoupled
+from tests.helpers import SOURCE_REPOSITORY as SOURCE
+from tests.helpers import assert_agrees, parse, tensors
 
 
 @pytest.mark.parametrize("contract", contracts.ALL_MODELS, ids=lambda c: c.name)
@@ -52,11 +20,6 @@ def test_exported_config_agrees_with_contract(tiny_repository, contract):
     assert_agrees(config, contract)
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
-
-
-def test_components_declare_their_contracts():
-    for name, cls in COMPONENT_CLASSES.items():
-        assert cls.contract is contracts.BY_NAME[name]
 
 
 def test_gpu_export_places_instances_on_gpus(tiny_checkpoint, tmp_path):
@@ -111,10 +74,10 @@ def test_component_of_a_model_name():
 
 
 def test_committed_configs_are_the_rendered_defaults():
-    from openspeedy.export.repository import ExportOptions, PUBLISHED_VAE_SCALING_FACTOR, model_configs
+    from openspeedy.export.repository import PUBLISHED_VAE_SCALING_FACTOR, ExportOptions, model_configs
 
     for name, text in model_configs(ExportOptions(), PUBLISHED_VAE_SCALING_FACTOR).items():
-        assert (SOURCE / name / "config.pbtxt").read_text() == text, f"regenerate {name}: write_source_configs()"
+        assert (SOURCE / name / "config.pbtxt").read_text() == text, f"regenerate {name}: make configs"
 
 
 def test_export_command_line_reaches_the_configs(tmp_path):

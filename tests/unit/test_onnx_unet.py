@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
 from tritonclient.grpc import model_config_pb2
 
-from conftest import encode, free_port, random_image
 from openspeedy import contracts
-from openspeedy.components import RUNTIME_CLASSES, load_component
+from openspeedy.components import load_component
+from openspeedy.example_inputs import example_inputs, unet_sizes
 from openspeedy.export.adaptive_pool import MatmulAdaptiveAvgPool2d, matmul_pooling
-from openspeedy.export.onnx_unet import DYNAMIC_AXES, example_inputs, export_unet
-from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
-from openspeedy.unet_onnx import OnnxRuntimeUNet
-from test_contracts import assert_agrees, parse
+from openspeedy.export.onnx_unet import export_unet
+from openspeedy.unet.onnxruntime_runtime import OnnxRuntimeUNet
+from tests.helpers import assert_agrees, parse
 
 U = 2.0**-24  # unit roundoff of FP32
 
@@ -108,7 +105,7 @@ def test_graph_signature_is_the_contract(exported, torch_unet):
             assert tensor_type.elem_type == ONNX_TYPES[spec.datatype], spec.name
             dims = [d.dim_param or d.dim_value for d in tensor_type.shape.dim]
             assert len(dims) == len(spec.dims), spec.name
-            expected = [DYNAMIC_AXES[spec.name].get(i, static[spec.name].get(i)) for i in range(len(dims))]
+            expected = [spec.varying_axes.get(i, static[spec.name].get(i)) for i in range(len(dims))]
             if spec.name == "NOISE_PRED" and isinstance(dims[1], str):
                 # The tracer leaves the output's channel dimension unnamed-symbolic (it comes out of a
                 # reshape); runtimes infer it, and test_onnxruntime_matches_pytorch checks its value.
@@ -136,7 +133,8 @@ def onnx_unet(exported):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_onnxruntime_matches_pytorch(torch_unet, onnx_unet, shape):
     batch, frames, height, width = shape
-    inputs = example_inputs(torch_unet.model, batch, frames, height, width, seed=sum(shape))
+    sizes = unet_sizes(torch_unet.model.config, frames, height, width, batch)
+    inputs = example_inputs(contracts.UNET, sizes, generator=torch.Generator().manual_seed(sum(shape)))
     inputs["TIMESTEP"] = torch.tensor([977])
     expected = torch_unet.infer(inputs)["NOISE_PRED"]
     got = onnx_unet.infer(inputs)["NOISE_PRED"]
@@ -144,11 +142,6 @@ def test_onnxruntime_matches_pytorch(torch_unet, onnx_unet, shape):
     assert got.dtype == torch.float32
     relative = ((got - expected).abs().max() / expected.abs().max()).item()
     assert relative < 1e-4, relative
-
-
-def test_alternative_runtimes_declare_their_contracts():
-    for (name, runtime), cls in RUNTIME_CLASSES.items():
-        assert cls.contract is contracts.BY_NAME[name], runtime
 
 
 def test_runtime_parameter_selects_the_class(exported, tiny_checkpoint):
@@ -160,12 +153,6 @@ def test_runtime_parameter_selects_the_class(exported, tiny_checkpoint):
 def test_onnxruntime_without_a_graph_is_refused(tiny_checkpoint):
     with pytest.raises(FileNotFoundError, match="--unet-runtime onnxruntime"):
         load_component("unet", tiny_checkpoint, options={"runtime": "onnxruntime"})
-
-
-@pytest.fixture(scope="module")
-def onnxruntime_repository(tiny_checkpoint, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("repository_onnxruntime") / "models"
-    return build_repository(tiny_checkpoint, output, ExportOptions(settings=TINY_SETTINGS, unet_runtime="onnxruntime"))
 
 
 def test_onnxruntime_repository_layout_and_config(onnxruntime_repository):
@@ -192,44 +179,3 @@ def test_export_cli_switches_the_unet_runtime(tmp_path):
     main(["--tiny", "--output", str(tmp_path / "models"), "--unet-runtime", "torch"])  # and back: nothing stale
     assert sorted(p.name for p in version.iterdir()) == ["model.py", "unet"]
     assert "runtime" not in parse(tmp_path / "models" / "unet" / "config.pbtxt").parameters
-
-
-@pytest.fixture(scope="module")
-def triton_onnxruntime(onnxruntime_repository):
-    """A second real tritonserver, on the repository whose `unet` runs on onnxruntime."""
-    from openspeedy.server import ServerOptions, TritonServer
-
-    options = ServerOptions(onnxruntime_repository, http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port())
-    log = Path("build/test-logs/triton_onnxruntime.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.unlink(missing_ok=True)
-    server = TritonServer(options, log_path=log).start()
-    yield server
-    assert server.stop() == 0, f"tritonserver did not stop cleanly; see {log}"
-
-
-IMAGE = encode(random_image(120, 80, seed=7))
-
-
-@pytest.mark.server
-@pytest.mark.parametrize("request_options", [
-    dict(num_frames=8, height=64, width=64, guidance_scale=9.0),
-    dict(num_frames=5, height=96, width=40, guidance_scale=9.0),  # latent 12x5: not multiples of 8
-    dict(num_frames=3, height=64, width=96, guidance_scale=1.0),  # no CFG: UNet batch 1
-], ids=["cfg-64x64", "cfg-96x40", "nocfg-64x96"])
-def test_served_video_is_the_same_with_onnxruntime_and_pytorch(triton, triton_onnxruntime, request_options):
-    # Tolerance: one uint8 level. The two runtimes agree to ~1e-6 relative per UNet call (FP32,
-    # different kernels and summation orders); over the denoising steps that moves the decoded pixels
-    # by far less than a level, so a pixel can differ only where its value sits at a rounding boundary
-    # of the uint8 conversion, and then by exactly one level.
-    from openspeedy.client import Client
-
-    with Client(triton.grpc_url, "grpc") as torch_client, Client(triton_onnxruntime.grpc_url, "grpc") as ort_client:
-        expected = torch_client.generate(IMAGE, "a red boat", seed=3, num_inference_steps=4, **request_options).frames
-        got = ort_client.generate(IMAGE, "a red boat", seed=3, num_inference_steps=4, **request_options).frames
-    assert got.shape == expected.shape
-    difference = np.abs(got.astype(int) - expected.astype(int))
-    assert difference.max() <= 1, difference.max()
-    assert (difference > 0).mean() < 0.001  # measured in process: at most 0.005 % of the values
-    assert not math.isnan(float(got.mean()))

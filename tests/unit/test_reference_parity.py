@@ -15,22 +15,12 @@ for another memory placement. The cause was not tracked further; the bound is as
 import numpy as np
 import pytest
 import torch
-from diffusers import I2VGenXLPipeline
 from diffusers.pipelines.deprecated.i2vgen_xl import pipeline_i2vgen_xl as reference_module
 
-from conftest import encode, random_image
 from openspeedy.imaging import center_crop_wide
 from openspeedy.pipeline import posterior_seed
 from openspeedy.request import RequestSettings, parse_request
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_checkpoint):
-    pipe = I2VGenXLPipeline.from_pretrained(tiny_checkpoint)
-    # transformers 5 flattened CLIPTextModel; the reference still reads text_encoder.text_model.
-    object.__setattr__(pipe.text_encoder, "text_model", pipe.text_encoder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from tests.helpers import encode, random_image
 
 
 def run_reference(pipe, request):
@@ -101,18 +91,3 @@ def test_center_crop_is_the_reference_crop(size, source):
     theirs = reference_module._center_crop_wide(image, size)
     assert ours.size == theirs.size == size
     assert np.array_equal(np.asarray(ours), np.asarray(theirs))
-
-
-@pytest.mark.server
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_served_video_matches_reference(triton, reference, protocol):
-    from openspeedy.client import Client
-
-    request = make_request()
-    url = triton.grpc_url if protocol == "grpc" else triton.http_url
-    with Client(url, protocol) as client:
-        video = client.generate(
-            request.image_bytes, request.prompt, num_frames=request.num_frames, height=request.height,
-            width=request.width, num_inference_steps=request.num_inference_steps, seed=request.seed,
-        )
-    assert_close_to_reference(video.frames, run_reference(reference, request))

@@ -4,9 +4,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import encode, random_image
 from openspeedy.errors import InvalidInput
 from openspeedy.request import RequestSettings, parse_request
+from tests.helpers import encode, random_image
 
 SETTINGS = RequestSettings(default_height=64, default_width=64, default_num_frames=8, min_size=32, max_size=512,
                            max_num_frames=32, max_frames_x_pixels=32 * 256 * 256, max_image_bytes=1 << 20,

@@ -25,7 +25,7 @@ from openspeedy.export.tensorrt_engine import (
 )
 from openspeedy.model_config import InstanceGroup
 from openspeedy.request import RequestSettings
-from test_contracts import assert_agrees, parse
+from tests.helpers import assert_agrees, parse
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not importable here (it is not installable "
@@ -56,7 +56,8 @@ def test_profile_ranges_are_latent_sizes():
 
 def test_profile_shapes_from_the_exported_graph(exported):
     shapes = profile_shapes(graph_dims(exported), UNetProfile())
-    assert set(shapes) == {"SAMPLE", "ENCODER_HIDDEN_STATES", "FPS", "IMAGE_LATENTS", "IMAGE_EMBEDDINGS"}  # not TIMESTEP
+    # not TIMESTEP
+    assert set(shapes) == {"SAMPLE", "ENCODER_HIDDEN_STATES", "FPS", "IMAGE_LATENTS", "IMAGE_EMBEDDINGS"}
     assert shapes["SAMPLE"] == ((1, 4, 1, 8, 8), (2, 4, 16, 88, 160), (2, 4, 32, 160, 160))
     assert shapes["IMAGE_LATENTS"] == shapes["SAMPLE"]
     assert shapes["ENCODER_HIDDEN_STATES"] == ((1, 77, 16), (2, 77, 16), (2, 77, 16))

@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from openspeedy import contracts
 from openspeedy.components import load_component
-from openspeedy.unet_layout import TemporalConvAs2d, temporal_convs_as_2d
+from openspeedy.example_inputs import example_inputs
+from openspeedy.unet.layout import TemporalConvAs2d, temporal_convs_as_2d
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +18,7 @@ def eager_unet(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def inputs(eager_unet):
     torch.manual_seed(0)
-    return eager_unet.example_inputs(frames=3, height=64, width=48)
+    return example_inputs(contracts.UNET, eager_unet.sizes(frames=3, height=64, width=48))
 
 
 @pytest.mark.parametrize(
@@ -71,13 +73,13 @@ def test_fp8_on_a_cpu_is_a_clear_error(tiny_checkpoint):
         load_component("unet", tiny_checkpoint, options={"fp8": "true"})
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.compile's GPU kernels")
+@pytest.mark.gpu  # torch.compile's GPU kernels
 def test_compiled_unet_matches_eager_on_a_gpu(tiny_checkpoint):
     device = torch.device("cuda")
     eager = load_component("unet", tiny_checkpoint, device, "float16")
     compiled = load_component("unet", tiny_checkpoint, device, "float16",
                               {"fuse_qkv": "true", "temporal_conv2d": "true", "compile_mode": "default"})
-    inputs = eager.example_inputs(frames=4, height=64, width=64)
+    inputs = example_inputs(contracts.UNET, eager.sizes(frames=4, height=64, width=64), device=eager.device)
     expected = eager.infer(inputs)["NOISE_PRED"]
     torch.testing.assert_close(compiled.infer(inputs)["NOISE_PRED"], expected, rtol=2e-2, atol=2e-2)
 
