@@ -14,7 +14,7 @@ import pytest
 REFUSAL = "unit tests start no tritonserver: put this test in tests/server/"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)  # torn down when tests/unit is done
 def no_tritonserver(tmp_path_factory):
     # A child process (the `openspeedy` command, a bench script) finds tritonserver through
     # OPENSPEEDY_TRITON_ROOT first: point it at a binary that refuses.
