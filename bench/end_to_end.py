@@ -36,8 +36,8 @@ from bench.common import (
     synchronize,
     video_request,
 )
-from openspeedy.components import WEIGHT_FOLDERS, load_component, parse_shapes
-from openspeedy.unet.variants import VARIANTS
+from openspeedy.components import COMPONENT_CLASSES, load_component, parse_shapes
+from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
 
 SIZES = "16x512x512,24x768x768,32x512x512,16x704x1280"
 
@@ -51,6 +51,21 @@ MODES = {
                         "GUIDANCE_INTERVAL": np.array([0.0, 0.6], np.float32)},
 }
 MODE_NOTES = {name: {key: value.tolist() for key, value in inputs.items()} for name, inputs in MODES.items()}
+
+
+def record(results: Results, row: dict, reference: dict, name: str, started: float, seconds: float, peak: int,
+           video, latents, **extra) -> None:
+    """One pipeline's measurement, with its speed-up against the diffusers rows and its error against eager."""
+    measured = dict(pipeline=name, seconds=seconds, peak_bytes=peak,
+                    load_and_warmup_s=time.perf_counter() - started - seconds, **extra)
+    for peer in ("diffusers", "diffusers-compile"):
+        if peer in reference:
+            measured[f"speedup_vs_{peer}"] = reference[peer]["seconds"] / seconds
+    if "diffusers" in reference:
+        measured |= difference(video, reference["diffusers"]["video"], latents, reference["diffusers"]["latents"])
+    row["pipelines"].append(measured)
+    results.save()
+    print(row["frames"], row["height"], row["width"], measured, flush=True)
 
 
 def main() -> None:
@@ -71,7 +86,7 @@ def main() -> None:
     results = Results(args.out / "end_to_end.json", steps=args.steps, variants={n: VARIANTS[n] for n in variants},
                       modes={n: MODE_NOTES[n] for n in modes}, sizes=[])
     others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name)
-              for name in WEIGHT_FOLDERS if name != "unet"}
+              for name in COMPONENT_CLASSES if name != "unet"}
 
     for frames, height, width in parse_shapes(args.sizes):
         request = video_request(args.steps, frames, height, width)
@@ -80,24 +95,11 @@ def main() -> None:
         results["sizes"].append(row)
         reference = {}
 
-        def record(name: str, started: float, seconds: float, peak: int, video, latents, **extra) -> None:
-            measured = dict(pipeline=name, seconds=seconds, peak_bytes=peak,
-                            load_and_warmup_s=time.perf_counter() - started - seconds, **extra)
-            for peer in ("diffusers", "diffusers-compile"):
-                if peer in reference:
-                    measured[f"speedup_vs_{peer}"] = reference[peer]["seconds"] / seconds
-            if "diffusers" in reference:
-                measured |= difference(video, reference["diffusers"]["video"], latents,
-                                       reference["diffusers"]["latents"])
-            row["pipelines"].append(measured)
-            results.save()
-            print(frames, height, width, measured, flush=True)
-
         for peer in filter(None, args.peers.split(",")):
             started = time.perf_counter()
             seconds, peak, video, latents = run_reference(args.checkpoint, dtype, request, 1, warmup,
                                                           compiled=peer == "diffusers-compile")
-            record(peer, started, seconds, peak, video, latents)
+            record(results, row, reference, peer, started, seconds, peak, video, latents)
             reference[peer] = dict(seconds=seconds, video=video, latents=latents)
             torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
 
@@ -106,7 +108,7 @@ def main() -> None:
             unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, VARIANTS[variant])
             components = others | {"unet": unet}
             seconds, peak, exact, exact_latents = run_openspeedy(args.checkpoint, components, request, 1, warmup)
-            record(f"openspeedy-{variant}", started, seconds, peak, exact, exact_latents)
+            record(results, row, reference, f"openspeedy-{variant}", started, seconds, peak, exact, exact_latents)
             if variant != variants[-1]:
                 del unet, components
                 torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
@@ -118,7 +120,7 @@ def main() -> None:
                 seconds, peak, video, latents = run_openspeedy(
                     args.checkpoint, components, fast, 1, video_request(6, frames, height, width, **MODES[mode]))
                 error = difference(video, exact, latents, exact_latents)
-                record(f"openspeedy-{variant}+{mode}", started, seconds, peak, video, latents,
+                record(results, row, reference, f"openspeedy-{variant}+{mode}", started, seconds, peak, video, latents,
                        relative_l2_vs_exact=error["relative_l2"],
                        latents_relative_l2_vs_exact=error["latents_relative_l2"])
 

@@ -1,9 +1,9 @@
 """GPU benchmark of the full-size I2VGen-XL architecture with RANDOM fp16 weights (speed and memory
 are real; the pictures are not). One process, one GPU:
 
-1. chunked VAE decoding (issue 4): time and peak memory for 16x512x512, 24x768x768, 32x512x512 at
+1. chunked VAE decoding: time and peak memory for 16x512x512, 24x768x768, 32x512x512 at
    each chunk size, at automatic and all at once;
-2. the image-only work a latent-cache hit skips (issue 3): CLIP image embedding + VAE encoding;
+2. the image-only work a latent-cache hit skips: CLIP image embedding + VAE encoding;
 3. one UNet call (CFG batch 2, 16 frames 512x512): eager, with FLOPs counted by torch's FlopCounterMode;
 4. a whole 50-step video through OpenSpeedy's pipeline (in process) and through diffusers'
    I2VGenXLPipeline, same weights, seed and settings, with the output difference.
@@ -26,8 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
+from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
+from openspeedy.contracts import UNET  # noqa: E402
+from openspeedy.example_inputs import example_inputs  # noqa: E402
+from openspeedy.export.random_checkpoint import FULL_SIZE, TINY, build_checkpoint  # noqa: E402
 from openspeedy.pipeline import I2VGenXL, LocalModels, posterior_seed  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,7 +81,7 @@ def bench_decode(decoder, quick: bool) -> list[dict]:
             if DEVICE.type == "cuda":
                 torch.cuda.empty_cache()
             try:
-                seconds, peak, _ = timed(lambda: decoder.decode(latents, chunk))
+                seconds, peak, _ = timed(lambda: decoder.decode(latents, chunk))  # noqa: B023 - timed calls it now
                 rows.append(dict(frames=frames, height=height, width=width, chunk=chunk or f"auto={auto}",
                                  seconds=seconds, peak_bytes=peak))
             except Exception as error:  # noqa: BLE001 - an out-of-memory is a result here
@@ -99,7 +101,7 @@ def bench_image_work(components, height: int, width: int) -> dict:
 
 
 def bench_unet(unet, frames=16, height=512, width=512) -> dict:
-    inputs = unet.example_inputs(frames, height, width)
+    inputs = example_inputs(UNET, unet.sizes(frames, height, width), device=unet.device)
     inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
     flops = count_unet_flops(unet, inputs)
     seconds, peak, _ = timed(lambda: unet.infer(inputs), repeats=10, warmup=2)
@@ -208,7 +210,7 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
         original = DiagonalGaussianDistribution.sample
         DiagonalGaussianDistribution.sample = float32_posterior_sample
         try:
-            return reference(prompt=this.prompt, image=this.image, height=this.height, width=this.width,
+            return reference(prompt=this.prompt, image=this.image, height=this.height, width=this.width,  # noqa: F821
                              num_frames=this.num_frames, num_inference_steps=this.num_inference_steps,
                              latents=initial, output_type="np").frames[0]
         finally:
@@ -257,7 +259,7 @@ def main() -> None:
             build_checkpoint(args.checkpoint, architecture, dtype=dtype)
     print(f"checkpoint ready in {time.time() - started:.0f} s", flush=True)
     dtype_name = str(dtype).removeprefix("torch.")
-    components = {name: load_component(name, args.checkpoint, DEVICE, dtype_name) for name in WEIGHT_FOLDERS}
+    components = {name: load_component(name, args.checkpoint, DEVICE, dtype_name) for name in COMPONENT_CLASSES}
 
     results = dict(
         note="full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures",

@@ -37,12 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from call_profiler import PROFILED_CALLS, CallProfiler  # noqa: E402
 from gpu_bench import DEVICE, client_options, run_openspeedy, video_request  # noqa: E402
 
-from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
-from export.repository import ExportOptions, build_repository, model_configs  # noqa: E402
 from openspeedy.client.api import Client  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
+from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
+from openspeedy.export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
+from openspeedy.export.repository import ExportOptions, build_repository, model_configs  # noqa: E402
 from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
-
 
 STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -121,7 +120,7 @@ def measure_in_process(args, export: ExportOptions, request, suffix: str = "") -
     Result keys end in ``suffix`` (the run after serving)."""
     unet_options = model_configs_unet_parameters(export)
     components = {name: load_component(name, args.checkpoint, DEVICE, "float16", unet_options if name == "unet" else {})
-                  for name in WEIGHT_FOLDERS}
+                  for name in COMPONENT_CLASSES}
     results = {}
     results["in_process_s" + suffix], _, frames, _ = run_openspeedy(args.checkpoint, components, request,
                                                                      repeats=args.requests)

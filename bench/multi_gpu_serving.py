@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_serving import model_statistics  # noqa: E402
 
-from export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
-from export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
 from openspeedy import contracts  # noqa: E402
 from openspeedy.client.api import Client  # noqa: E402
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
+from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
 from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "client" / "example.png"
+EXAMPLE = Path(__file__).resolve().parents[1] / "openspeedy" / "client" / "example.png"
 
 
 def main() -> None:

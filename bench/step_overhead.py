@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_bench import client_options, run_openspeedy, video_request  # noqa: E402
 
-from export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
-from export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
 from openspeedy.client.api import Client  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
+from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
+from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
 from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
 
 SIZE = (8, 64, 64)
@@ -53,7 +53,7 @@ def main() -> None:
     repository = build_repository(checkpoint, work / "models", ExportOptions(settings=TINY_SETTINGS))
 
     requests = {n: video_request(n, *SIZE) for n in steps}
-    components = {name: load_component(name, checkpoint) for name in WEIGHT_FOLDERS}
+    components = {name: load_component(name, checkpoint) for name in COMPONENT_CLASSES}
     in_process = {n: run_openspeedy(checkpoint, components, requests[n], repeats=args.repeats)[0] for n in steps}
 
     served = {}

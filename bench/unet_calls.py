@@ -28,7 +28,9 @@ from bench.common import (
     timed,
 )
 from openspeedy.components import load_component, parse_shapes
-from openspeedy.unet.variants import VARIANTS
+from openspeedy.contracts import UNET
+from openspeedy.example_inputs import example_inputs
+from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
 
 
 def load(checkpoint: Path, variant: str, dtype: str):
@@ -73,20 +75,41 @@ def bench_attention(frames: int, height: int, width: int, dtype: torch.dtype) ->
         row = dict(sequences=sequences, tokens=tokens, heads=heads,
                    bytes_moved=4 * sequences * tokens * heads * 64 * qkv.element_size())
         reference = F.scaled_dot_product_attention(*[t.float() for t in split]).transpose(1, 2).reshape(q.shape)
-        seconds, _, out = timed(lambda: temporal_attention(q, k, v, heads), repeats=20, warmup=3)
+        seconds, _, out = timed(lambda q=q, k=k, v=v, heads=heads: temporal_attention(q, k, v, heads), repeats=20,
+                                warmup=3)
         row["kernel_ms"], row["kernel_relative_l2"] = seconds * 1e3, relative_l2(out, reference)
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                               ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
             try:
                 with sdpa_kernel(backend):
                     # What diffusers' processor runs: SDPA on the head views, then the heads back in place.
-                    seconds, _, _ = timed(lambda: F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(
-                        q.shape), repeats=20, warmup=3)
+                    def sdpa(split=split, shape=q.shape):
+                        return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(shape)
+
+                    seconds, _, _ = timed(sdpa, repeats=20, warmup=3)
                 row[f"sdpa_{name}_ms"] = seconds * 1e3
             except RuntimeError as error:
                 row[f"sdpa_{name}_ms"] = f"unavailable: {str(error)[:80]}"
         rows.append(row)
     return rows
+
+
+def bench_feature_reuse(unet, inputs, reference: torch.Tensor, repeats: int) -> dict:
+    """The full path that keeps its deep features and the shallow path that reuses them, per call."""
+    started = time.perf_counter()
+    keep = inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)}
+    full = unet.infer(keep)
+    shallow = inputs | {"DEEP_FEATURES": full["DEEP_FEATURES"]}
+    unet.infer(shallow)
+    synchronize()
+    compile_s = time.perf_counter() - started
+    full_s, _, full = timed(lambda: unet.infer(keep), repeats=repeats, warmup=1)
+    shallow_s, _, out = timed(lambda: unet.infer(shallow)["NOISE_PRED"], repeats=repeats, warmup=1)
+    return dict(full_with_features_ms=full_s * 1e3, shallow_ms=shallow_s * 1e3, shallow_fraction=shallow_s / full_s,
+                compile_and_capture_s=compile_s, full_relative_l2_vs_eager=relative_l2(full["NOISE_PRED"], reference),
+                # the same step's own features: what the shallow path changes by itself
+                shallow_same_step_relative_l2=relative_l2(out, full["NOISE_PRED"]),
+                deep_features_shape=list(full["DEEP_FEATURES"].shape))
 
 
 def profile_calls(unet, inputs, path: Path, calls: int = 3) -> None:
@@ -123,7 +146,7 @@ def main() -> None:
     for variant in filter(None, args.variants.split(",")):
         unet, started = load(args.checkpoint, variant, dtype)
         if inputs is None:
-            inputs = unet.example_inputs(frames, height, width)
+            inputs = example_inputs(UNET, unet.sizes(frames, height, width), device=DEVICE)
             inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
             flops = count_unet_flops(unet, inputs)
             results["flops"] = flops
@@ -132,22 +155,8 @@ def main() -> None:
         reference = out if reference is None else reference
         results.append("calls", row)
         if variant in args.feature_reuse.split(","):
-            started = time.perf_counter()
-            keep = inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)}
-            full = unet.infer(keep)
-            shallow = inputs | {"DEEP_FEATURES": full["DEEP_FEATURES"]}
-            unet.infer(shallow)
-            synchronize()
-            compile_s = time.perf_counter() - started
-            full_s, _, full = timed(lambda: unet.infer(keep), repeats=repeats, warmup=1)
-            shallow_s, _, out = timed(lambda: unet.infer(shallow)["NOISE_PRED"], repeats=repeats, warmup=1)
-            results.append("feature_reuse", dict(
-                variant=variant, full_with_features_ms=full_s * 1e3, shallow_ms=shallow_s * 1e3,
-                shallow_fraction=shallow_s / full_s, compile_and_capture_s=compile_s,
-                full_relative_l2_vs_eager=relative_l2(full["NOISE_PRED"], reference),
-                # the same step's own features: what the shallow path adds by itself (its arithmetic only)
-                shallow_same_step_relative_l2=relative_l2(out, full["NOISE_PRED"]),
-                deep_features_shape=list(full["DEEP_FEATURES"].shape)))
+            reuse = bench_feature_reuse(unet, inputs, reference, repeats)
+            results.append("feature_reuse", dict(variant=variant, **reuse))
         if variant == args.profile and DEVICE.type == "cuda":
             profile_calls(unet, inputs, args.out / f"profile_{variant}_{args.size}.txt")
         del unet

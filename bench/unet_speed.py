@@ -29,21 +29,11 @@ from gpu_bench import (  # noqa: E402
     video_request,
 )
 
-from export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
-from openspeedy.components import WEIGHT_FOLDERS, load_component  # noqa: E402
-
-VARIANTS = {
-    "eager": {},
-    "fused": {"fuse_qkv": "true"},
-    "compile": {"fuse_qkv": "true", "compile_mode": "default"},
-    # Temporal convolutions as 2D ones, channels-last weights: see openspeedy/unet_layout.py.
-    "eager-layout": {"fuse_qkv": "true", "temporal_conv2d": "true", "channels_last": "true"},
-    "compile-layout": {"fuse_qkv": "true", "temporal_conv2d": "true", "compile_mode": "default"},
-    "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
-    "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
-    "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},
-    "fp8-eager": {"fuse_qkv": "true", "fp8": "true"},
-}
+from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
+from openspeedy.contracts import UNET  # noqa: E402
+from openspeedy.example_inputs import example_inputs  # noqa: E402
+from openspeedy.export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
+from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS  # noqa: E402
 
 
 def measure(checkpoint: Path, name: str, reference_out: torch.Tensor | None, inputs) -> tuple[dict, object]:
@@ -90,7 +80,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     eager = load_component("unet", args.checkpoint, DEVICE, "float16")
-    inputs = eager.example_inputs(16, 512, 512)
+    inputs = example_inputs(UNET, eager.sizes(16, 512, 512), device=eager.device)
     inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
     baseline = eager.infer(inputs)["NOISE_PRED"]
     del eager
@@ -117,7 +107,8 @@ def main() -> None:
 
     if wanted_e2e:
         request = video_request(args.steps)
-        components = {n: load_component(n, args.checkpoint, DEVICE, "float16") for n in WEIGHT_FOLDERS if n != "unet"}
+        components = {n: load_component(n, args.checkpoint, DEVICE, "float16")
+                      for n in COMPONENT_CLASSES if n != "unet"}
         ref_s, ref_peak, theirs, their_latents = run_reference(args.checkpoint, torch.float16, request)
         results["reference"] = dict(seconds=ref_s, peak_bytes=ref_peak, steps=args.steps)
         print(results["reference"], flush=True)

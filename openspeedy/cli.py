@@ -12,8 +12,8 @@ DEFAULT_TINY_REPOSITORY = Path("build/tiny_repository")
 def tiny_repository(repository: Path = DEFAULT_TINY_REPOSITORY) -> Path:
     """The tiny demo repository, built first if it is missing."""
     if not (repository / "i2vgen_xl" / "config.pbtxt").exists():
-        from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
         from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+        from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
 
         print(f"building the tiny demo repository in {repository}", flush=True)
         checkpoint = build_tiny_checkpoint(repository.parent / f"{repository.name}_checkpoint")
@@ -45,8 +45,8 @@ def _demo(args: argparse.Namespace) -> int:
     request = dict(num_frames=16, height=128, width=192, num_inference_steps=20, seed=0)
     with TritonServer(_server_options(args), log_path=Path("out/demo-server.log")) as server:
         with Client(server.grpc_url) as client:
-            video = client.generate(Path(client_package.__file__).parent / "example.png", "a lighthouse by the sea, waves rolling in", frames=False,
-                                    mp4=True, **request)
+            video = client.generate(Path(client_package.__file__).parent / "example.png",
+                                    "a lighthouse by the sea, waves rolling in", frames=False, mp4=True, **request)
     frames = decode_video(video.mp4)
     expected = (request["num_frames"], request["height"], request["width"], 3)
     if frames.shape != expected:
@@ -58,7 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openspeedy", description="I2VGen-XL image-to-video on Triton")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -82,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     client_cli.add_arguments(generate)
     export = commands.add_parser("export", help="build a model repository from a checkpoint")
     export_cli.add_arguments(export)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    from openspeedy.client import cli as client_cli
+    from openspeedy.export import __main__ as export_cli
+
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":

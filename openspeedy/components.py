@@ -7,7 +7,6 @@ the contract's tensor names; outputs are torch tensors on the component's device
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -27,28 +26,24 @@ except ImportError:  # older transformers 5: the class is the Pillow one
 from openspeedy import contracts
 from openspeedy.contracts import ModelContract
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
-from openspeedy.fp8 import convert_linears_to_fp8, fp8_supported
+from openspeedy.example_inputs import example_inputs, unet_sizes
 from openspeedy.model_config import flag
-from openspeedy.unet_layout import temporal_convs_as_2d, to_channels_last
 from openspeedy.unet import feature_reuse
 from openspeedy.unet.cuda_graphs import GraphedCallable
+from openspeedy.unet.fp8 import convert_linears_to_fp8, fp8_supported
+from openspeedy.unet.layout import temporal_convs_as_2d, to_channels_last
+from openspeedy.unet.onnxruntime_runtime import OnnxRuntimeUNet
 from openspeedy.unet.temporal_attention import use_temporal_attention_kernel
-from openspeedy.unet_onnx import OnnxRuntimeUNet
-
-# Sub-folders of a model version directory, in the diffusers checkpoint layout.
-WEIGHT_FOLDERS = {
-    "text_encoder": ("text_encoder", "tokenizer"),
-    "image_encoder": ("image_encoder", "feature_extractor"),
-    "vae_encoder": ("vae",),
-    "unet": ("unet",),
-    "vae_decoder": ("vae",),
-}
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Component(Protocol):
     contract: ModelContract
+    runtime: str  # "torch", or the config parameter ``runtime`` that selects this class
+    # Sub-folders of the model version directory it loads, in the diffusers checkpoint layout (export
+    # places them; empty where export writes the runtime's own files).
+    weight_folders: tuple[str, ...]
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
 
@@ -57,6 +52,8 @@ class TextEncoder:
     """CLIP text tower: penultimate hidden state through the final layer norm (the reference's clip_skip=1)."""
 
     contract = contracts.TEXT_ENCODER
+    runtime = "torch"
+    weight_folders = ("text_encoder", "tokenizer")
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device = device
@@ -73,7 +70,8 @@ class TextEncoder:
             truncation=True,
             return_tensors="pt",
         )
-        mask = tokens.attention_mask.to(self.device) if getattr(self.model.config, "use_attention_mask", False) else None
+        use_mask = getattr(self.model.config, "use_attention_mask", False)
+        mask = tokens.attention_mask.to(self.device) if use_mask else None
         hidden = self.model(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
         embeds = self.model.final_layer_norm(hidden.hidden_states[-2])
         return {"PROMPT_EMBEDS": embeds.float()}
@@ -83,6 +81,8 @@ class ImageEncoder:
     """CLIP vision tower. Takes the square crop; resizes and normalizes it like the reference pipeline."""
 
     contract = contracts.IMAGE_ENCODER
+    runtime = "torch"
+    weight_folders = ("image_encoder", "feature_extractor")
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
@@ -115,6 +115,8 @@ class VaeEncoder:
     """VAE encoder: RGB image to the parameters of the latent posterior (sampling is the orchestrator's)."""
 
     contract = contracts.VAE_ENCODER
+    runtime = "torch"
+    weight_folders = ("vae",)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
@@ -139,6 +141,8 @@ class UNet:
     runs the shallow or the feature-keeping path of step-level feature reuse instead."""
 
     contract = contracts.UNET
+    runtime = "torch"
+    weight_folders = ("unet",)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
@@ -170,7 +174,7 @@ class UNet:
         if flag(options, "cuda_graphs") and device.type == "cuda":
             self.paths = {name: GraphedCallable(fn) for name, fn in self.paths.items()}
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
-            inputs = self.example_inputs(frames, height, width)
+            inputs = example_inputs(self.contract, self.sizes(frames, height, width), device=self.device)
             self.infer(inputs)
             if flag(options, "feature_reuse"):
                 deep = self.infer(inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)})
@@ -198,19 +202,9 @@ class UNet:
 
         return call
 
-    def example_inputs(self, frames: int, height: int, width: int, batch: int = 2) -> dict[str, torch.Tensor]:
-        """Random inputs of one CFG call at a video size (warm-up, benchmarks, export)."""
-        config = self.eager_model.config
-        latent = (batch, config.in_channels, frames, height // 8, width // 8)
-        width_ = config.cross_attention_dim
-        return {
-            "SAMPLE": torch.randn(latent, device=self.device),
-            "TIMESTEP": torch.tensor([999], device=self.device),
-            "ENCODER_HIDDEN_STATES": torch.randn(batch, 77, width_, device=self.device),
-            "FPS": torch.full((batch,), 16, device=self.device),
-            "IMAGE_LATENTS": torch.randn(latent, device=self.device),
-            "IMAGE_EMBEDDINGS": torch.randn(batch, 1, width_, device=self.device),
-        }
+    def sizes(self, frames: int, height: int, width: int, batch: int = 2) -> dict[str, int]:
+        """The contract's axis sizes for one CFG call at a video size in pixels."""
+        return unet_sizes(self.eager_model.config, frames, height // 8, width // 8, batch)
 
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -234,14 +228,16 @@ class UNet:
         return fn(*tensors)
 
 
-# The UNet's own inputs, in its contract's order; the contract's other (optional) inputs steer feature reuse.
-UNET_MODEL_INPUTS = ("SAMPLE", "TIMESTEP", "ENCODER_HIDDEN_STATES", "FPS", "IMAGE_LATENTS", "IMAGE_EMBEDDINGS")
+# The UNet's own inputs, in its contract's order; the contract's optional inputs steer feature reuse.
+UNET_MODEL_INPUTS = contracts.UNET_EXPORTED.input_names
 
 
 class VaeDecoder:
     """VAE decoder: latents to uint8 frames, in chunks under a memory budget (see openspeedy.decoding)."""
 
     contract = contracts.VAE_DECODER
+    runtime = "torch"
+    weight_folders = ("vae",)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.decoder = ChunkedDecoder(
@@ -273,17 +269,17 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-COMPONENT_CLASSES: dict[str, type] = {
-    "text_encoder": TextEncoder,
-    "image_encoder": ImageEncoder,
-    "vae_encoder": VaeEncoder,
-    "unet": UNet,
-    "vae_decoder": VaeDecoder,
+# Every class that serves a component, keyed by (model name, runtime): the config parameter ``runtime``
+# picks one (absent: "torch"). Other runtimes keep the contract and model name; see
+# openspeedy/export/unet_repository.py.
+RUNTIME_CLASSES: dict[tuple[str, str], type] = {
+    (cls.contract.name, cls.runtime): cls
+    for cls in (TextEncoder, ImageEncoder, VaeEncoder, UNet, VaeDecoder, OnnxRuntimeUNet)
 }
-
-# Other runtimes of a component, chosen by its config parameter ``runtime`` (absent or "torch": the
-# class above). Same contract and model name; see export/unet_runtime.py.
-RUNTIME_CLASSES: dict[tuple[str, str], type] = {("unet", "onnxruntime"): OnnxRuntimeUNet}
+# The PyTorch class of each component, in the order of contracts.COMPONENTS.
+COMPONENT_CLASSES: dict[str, type] = {
+    contract.name: RUNTIME_CLASSES[contract.name, "torch"] for contract in contracts.COMPONENTS
+}
 
 
 def load_component(
@@ -293,7 +289,7 @@ def load_component(
     dtype: str = "float32",
     options: Mapping[str, str] | None = None,
 ):
-    """Loads one component from a model version directory (the folders in WEIGHT_FOLDERS).
+    """Loads one component from a model version directory (its class's ``weight_folders``).
 
     ``options`` are the model's config parameters, for components that take any (``runtime`` among them)."""
     options = options or {}

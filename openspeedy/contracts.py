@@ -23,13 +23,35 @@ _NUMPY_DTYPES = {
 }
 
 
+# Axes whose size the model fixes (its weights and architecture), so every request to one model has the
+# same: -1 in the config, which serves the tiny and the full-size model alike, but static in an exported
+# graph and outside TensorRT profiles. Every other named axis varies between requests.
+FIXED_BY_MODEL = frozenset({"channels", "features", "image_tokens"})
+
+# CLIP's tokenizer pads every prompt to this many tokens (the published and the tiny checkpoint alike).
+PROMPT_TOKENS = 77
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     datatype: str  # Triton datatype name without the TYPE_ prefix: FP32, INT64, BYTES, ...
-    dims: tuple[int, ...]  # -1 marks a variable dimension
+    # One entry per dimension: an int where the contract fixes the size, else the axis's name
+    # ("batch", "frames", ...; see FIXED_BY_MODEL). Config dims, exported graph axes, TensorRT profiles
+    # and example inputs all follow from it.
+    axes: tuple[int | str, ...]
     optional: bool = False
     description: str = ""
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Triton's dims: -1 for every named axis."""
+        return tuple(-1 if isinstance(axis, str) else axis for axis in self.axes)
+
+    @property
+    def varying_axes(self) -> dict[int, str]:
+        """{position: axis name} of the axes that vary between requests (dynamic in an exported graph)."""
+        return {i: axis for i, axis in enumerate(self.axes) if isinstance(axis, str) and axis not in FIXED_BY_MODEL}
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -68,6 +90,12 @@ class ModelContract:
     def output_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.outputs)
 
+    @property
+    def varying_axes(self) -> tuple[str, ...]:
+        """Names of the axes that vary between requests, in order of first appearance."""
+        names = (axis for spec in (*self.inputs, *self.outputs) for axis in spec.varying_axes.values())
+        return tuple(dict.fromkeys(names))
+
 
 def _by_name(specs: tuple[TensorSpec, ...], name: str, model: str) -> TensorSpec:
     for spec in specs:
@@ -82,63 +110,76 @@ def _by_name(specs: tuple[TensorSpec, ...], name: str, model: str) -> TensorSpec
 
 TEXT_ENCODER = ModelContract(
     name="text_encoder",
-    inputs=(TensorSpec("PROMPT", "BYTES", (-1,), description="UTF-8 prompts, one per batch row"),),
+    inputs=(TensorSpec("PROMPT", "BYTES", ("batch",), description="UTF-8 prompts, one per batch row"),),
     outputs=(
-        TensorSpec(
-            "PROMPT_EMBEDS", "FP32", (-1, -1, -1), description="[B, tokens, width] penultimate layer + final norm"
-        ),
+        TensorSpec("PROMPT_EMBEDS", "FP32", ("batch", "tokens", "features"),
+                   description="[B, tokens, width] penultimate layer + final norm"),
     ),
 )
 
 IMAGE_ENCODER = ModelContract(
     name="image_encoder",
-    inputs=(TensorSpec("IMAGE", "UINT8", (-1, -1, -1, 3), description="[B, S, S, 3] square RGB crops"),),
-    outputs=(TensorSpec("IMAGE_EMBEDS", "FP32", (-1, -1), description="[B, projection] CLIP image embeddings"),),
+    inputs=(TensorSpec("IMAGE", "UINT8", ("batch", "height", "width", 3),
+                       description="[B, S, S, 3] square RGB crops"),),
+    outputs=(TensorSpec("IMAGE_EMBEDS", "FP32", ("batch", "features"),
+                        description="[B, projection] CLIP image embeddings"),),
 )
 
 VAE_ENCODER = ModelContract(
     name="vae_encoder",
-    inputs=(TensorSpec("IMAGE", "UINT8", (-1, -1, -1, 3), description="[B, H, W, 3] RGB at the target size"),),
+    inputs=(TensorSpec("IMAGE", "UINT8", ("batch", "height", "width", 3),
+                       description="[B, H, W, 3] RGB at the target size"),),
     outputs=(
         TensorSpec(
             "LATENT_PARAMETERS",
             "FP32",
-            (-1, -1, -1, -1),
+            ("batch", "channels", "latent_height", "latent_width"),
             description="[B, 2*C, H/8, W/8] mean and log-variance of the latent posterior (unscaled)",
         ),
     ),
 )
 
+# The UNet works in latent space: its height and width are the VAE latent's.
+_LATENT_VIDEO = ("batch", "channels", "frames", "height", "width")
+
 UNET = ModelContract(
     name="unet",
     inputs=(
-        TensorSpec("SAMPLE", "FP32", (-1, -1, -1, -1, -1), description="[B, C, F, h, w] noisy latents"),
+        TensorSpec("SAMPLE", "FP32", _LATENT_VIDEO, description="[B, C, F, h, w] noisy latents"),
         TensorSpec("TIMESTEP", "INT64", (1,), description="diffusion timestep shared by the batch"),
-        TensorSpec("ENCODER_HIDDEN_STATES", "FP32", (-1, -1, -1), description="[B, tokens, width] prompt embeds"),
-        TensorSpec("FPS", "INT64", (-1,), description="[B] fps conditioning"),
-        TensorSpec("IMAGE_LATENTS", "FP32", (-1, -1, -1, -1, -1), description="[B, C, F, h, w] image latents"),
-        TensorSpec("IMAGE_EMBEDDINGS", "FP32", (-1, -1, -1), description="[B, 1, width] image embeddings"),
-        # Step-level feature reuse (PyTorch runtime only): a full step that keeps its deep features, or a
-        # shallow step that takes them from one.
-        TensorSpec("DEEP_FEATURES", "FP32", (-1, -1, -1, -1), optional=True,
+        TensorSpec("ENCODER_HIDDEN_STATES", "FP32", ("batch", "tokens", "features"),
+                   description="[B, tokens, width] prompt embeds"),
+        TensorSpec("FPS", "INT64", ("batch",), description="[B] fps conditioning"),
+        TensorSpec("IMAGE_LATENTS", "FP32", _LATENT_VIDEO, description="[B, C, F, h, w] image latents"),
+        TensorSpec("IMAGE_EMBEDDINGS", "FP32", ("batch", "image_tokens", "features"),
+                   description="[B, 1, width] image embeddings"),
+        # Step-level feature reuse, PyTorch runtime only (runtimes fixed at export serve UNET.required()):
+        # a full step that keeps its deep features, or a shallow step that takes them from one.
+        TensorSpec("DEEP_FEATURES", "FP32", ("batch_frames", "deep_channels", "height", "width"),
+                   optional=True,
                    description="[B*F, C', h, w] deep features of an earlier full step: run the shallow path"),
         TensorSpec("RETURN_DEEP_FEATURES", "INT32", (1,), optional=True,
                    description="1: a full step that also returns DEEP_FEATURES"),
     ),
     outputs=(
-        TensorSpec("NOISE_PRED", "FP32", (-1, -1, -1, -1, -1), description="[B, C, F, h, w] model output"),
-        TensorSpec("DEEP_FEATURES", "FP32", (-1, -1, -1, -1), optional=True,
+        TensorSpec("NOISE_PRED", "FP32", _LATENT_VIDEO, description="[B, C, F, h, w] model output"),
+        TensorSpec("DEEP_FEATURES", "FP32", ("batch_frames", "deep_channels", "height", "width"),
+                   optional=True,
                    description="[B*F, C', h, w] input of the last up block, when RETURN_DEEP_FEATURES is 1"),
     ),
 )
 
+# The UNet served by runtimes fixed at export (ONNX graph, TensorRT engine): its required tensors only.
+UNET_EXPORTED = UNET.required()
+
 VAE_DECODER = ModelContract(
     name="vae_decoder",
     inputs=(
-        TensorSpec("LATENTS", "FP32", (-1, -1, -1, -1), description="[F, C, h, w] unscaled latents"),
+        TensorSpec("LATENTS", "FP32", ("frames", "channels", "latent_height", "latent_width"),
+                   description="[F, C, h, w] unscaled latents"),
         TensorSpec("DECODE_CHUNK_SIZE", "INT32", (1,), description="frames per VAE call, 0 = automatic"),
     ),
-    outputs=(TensorSpec("FRAMES", "UINT8", (-1, -1, -1, 3), description="[F, H, W, 3] RGB frames"),),
+    outputs=(TensorSpec("FRAMES", "UINT8", ("frames", "height", "width", 3), description="[F, H, W, 3] RGB frames"),),
     outputs_to_host=True,
 )
 
@@ -160,7 +201,7 @@ _ENTRY_INPUTS = (
     TensorSpec("FEATURE_REUSE_INTERVAL", "INT32", (1,), optional=True,
                description="deep UNet features recomputed every N steps, reused between; default 1: off"),
 )
-_VIDEO = TensorSpec("VIDEO", "UINT8", (-1, -1, -1, 3), description="[F, H, W, 3] RGB frames")
+_VIDEO = TensorSpec("VIDEO", "UINT8", ("frames", "height", "width", 3), description="[F, H, W, 3] RGB frames")
 _VIDEO_MP4 = TensorSpec("VIDEO_MP4", "BYTES", (1,), description="H.264 MP4, computed only when requested")
 
 _PROGRESS = TensorSpec("PROGRESS", "INT32", (2,), description="(steps done, total steps), one response per step")

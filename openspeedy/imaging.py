@@ -45,7 +45,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, input_name: st
 
 # The two crops below reproduce the reference I2VGenXLPipeline (diffusers, after ali-vilab/i2vgen-xl
 # utils/transforms.py) bit for bit. diffusers keeps them private in a deprecated module, so they are
-# restated here; tests/test_reference_parity.py holds them to the original.
+# restated here; tests/unit/test_reference_parity.py holds them to the original.
 
 
 def center_crop_wide(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image:

@@ -2,7 +2,7 @@
 
 Triton 2.51's python backend neither restarts a dead stub nor reports its model unready: every later
 request to the model fails with "Stub process ... is not healthy" while /v2/health/ready answers 200
-(tests/test_faults.py shows it). What recovers the model is loading it again under explicit model
+(tests/server/test_faults.py shows it). What recovers the model is loading it again under explicit model
 control, with a config that differs from the loaded one (Triton skips a load of unchanged files and
 updates an unchanged config in place, keeping the dead stub). Triton has no option for this, so
 OpenSpeedy's launcher watches the stubs itself.

@@ -443,8 +443,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Latencies are client-side; entry server ms is i2vgen_xl's (or i2vgen_xl_stream's) server-side request "
-        "latency, which includes its sub-requests; per-model columns are the average server-side latency of one call of "
-        "each composing model (queue + compute): a video calls text_encoder twice with CFG (prompt and "
+        "latency, which includes its sub-requests; per-model columns are the average server-side latency of one "
+        "call of each composing model (queue + compute): a video calls text_encoder twice with CFG (prompt and "
         "negative prompt) and unet once per step. For `stream` (gRPC streaming, decoupled model), "
         "perf_analyzer measures latency to the first response (the first PROGRESS), and infer/s counts "
         "whole requests.",
@@ -571,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="repeat one request (the latent/prompt cache path) instead of new ones each time")
     parser.add_argument("--no-warmup", action="store_true", help="skip the unrecorded warm-up run per protocol")
     parser.add_argument("--async", dest="asynchronous", action="store_true",
-                        help="perf_analyzer --async for grpc/http (default: synchronous calls, like openspeedy's client)")
+                        help="perf_analyzer --async for grpc/http "
+                             "(default: synchronous calls, like openspeedy's client)")
     parser.add_argument("--note", action="append", default=[], help="a line for the markdown report (repeatable)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per perf_analyzer run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")

@@ -115,7 +115,7 @@ class StreamEntryModel(EntryModel):
 
             def progress(done: int, total: int) -> None:
                 tensor = pb_utils.Tensor("PROGRESS", np.array([done, total], dtype=np.int32))
-                sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]))  # noqa: B023 - this request's only
 
             try:
                 response = pb_utils.InferenceResponse(output_tensors=self.generate(request, progress))

@@ -1,6 +1,6 @@
 """OpenSpeedy's Prometheus metrics on Triton's metrics endpoint (:8002/metrics), via python-backend
 custom metrics. Families are attributes of a long-lived object: a family that goes out of scope is
-deleted by the backend, and its metrics then fail (ENVIRONMENT.md)."""
+deleted by the backend, and its metrics then fail (docs/platform.md)."""
 
 from __future__ import annotations
 

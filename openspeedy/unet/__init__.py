@@ -1,1 +1,2 @@
-"""The UNet's runtime: what makes the served PyTorch UNet faster than diffusers' own, one module a technique."""
+"""The UNet at serving time, a module a technique: runtime variants, memory layout, the temporal
+attention kernel, whole-forward CUDA graphs, feature reuse, FP8 linears and the onnxruntime runtime."""

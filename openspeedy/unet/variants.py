@@ -1,24 +1,43 @@
-"""The PyTorch UNet runtime's variants by name: the config parameters (openspeedy.components.UNet options)
-each one sets. Export (``--unet-variant``) and the benchmarks take them from here."""
+"""The ways the `unet` model can run, declared once: export, the server's loader and the benchmarks use these.
+
+``RUNTIMES`` is what serves the model (chosen at export with ``--unet-runtime``): the diffusers weights
+on PyTorch, the exported ONNX graph on onnxruntime, or a TensorRT engine. ``TORCH_VARIANTS`` are the
+PyTorch runtime's option sets (the `unet` config parameters that ``components.UNet`` reads), by name.
+"""
 
 from __future__ import annotations
 
-VARIANTS: dict[str, dict[str, str]] = {
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+
+_LAYOUT = {"fuse_qkv": "true", "temporal_conv2d": "true"}
+
+TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
     "fused": {"fuse_qkv": "true"},
     # What a user gets from diffusers in two lines: fused QKV and torch.compile's default mode.
     "compile": {"fuse_qkv": "true", "compile_mode": "default"},
-    # Temporal convolutions as 2D ones inside Inductor's channels-last graph (openspeedy/unet/layout.py).
-    "compile-layout": {"fuse_qkv": "true", "temporal_conv2d": "true", "compile_mode": "default"},
-    "eager-layout": {"fuse_qkv": "true", "temporal_conv2d": "true", "channels_last": "true"},
+    # Temporal convolutions as 2D ones, channels-last weights: see openspeedy/unet/layout.py.
+    "eager-layout": _LAYOUT | {"channels_last": "true"},
+    "compile-layout": _LAYOUT | {"compile_mode": "default"},
     # + the fused temporal attention kernel (openspeedy/unet/temporal_attention.py).
-    "compile-attention": {"fuse_qkv": "true", "temporal_conv2d": "true", "temporal_attention_kernel": "true",
-                          "compile_mode": "default"},
+    "compile-attention": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default"},
     # + the whole forward as one CUDA graph per shape (openspeedy/unet/cuda_graphs.py): the fastest
-    # lossless runtime, what a GPU export serves by default.
-    "fast": {"fuse_qkv": "true", "temporal_conv2d": "true", "temporal_attention_kernel": "true",
-             "compile_mode": "default", "cuda_graphs": "true"},
-    "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
+    # lossless runtime measured.
+    "fast": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
+    "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
     "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},
+    "fp8-eager": {"fuse_qkv": "true", "fp8": "true"},
 }
+
+# What export serves when asked to compile the UNet (``--unet-compile-mode``): the fastest benchmarked
+# variant, with the requested mode.
+COMPILED_SERVING_VARIANT = "fast"
+
+
+def compiled_serving_options(compile_mode: str) -> dict[str, str]:
+    options = TORCH_VARIANTS[COMPILED_SERVING_VARIANT] | {"compile_mode": compile_mode}
+    if compile_mode == "reduce-overhead":
+        # That mode graphs the kernels itself; a whole-forward capture around it is not nested.
+        options.pop("cuda_graphs", None)
+    return options

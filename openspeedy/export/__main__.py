@@ -1,0 +1,94 @@
+"""``python -m openspeedy.export`` (also ``openspeedy export``): build a model repository."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from openspeedy.unet.variants import RUNTIMES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="diffusers-layout I2VGen-XL directory")
+    source.add_argument("--tiny", action="store_true", help="make a tiny random-initialized model locally")
+    parser.add_argument("--output", type=Path, required=True, help="model repository to write")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--gpus", default="", help="comma-separated GPU ids for --device gpu (default: all)")
+    parser.add_argument("--per-gpu-components", action="store_true",
+                        help="with --device gpu --gpus 0,1,...: a copy of each component per GPU, so each GPU's "
+                             "orchestrator keeps its sub-requests and tensors on its own GPU")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="compute precision (default: float16 on gpu, float32 on cpu)")
+    parser.add_argument("--entry-instances", type=int, default=1,
+                        help="requests the orchestrator works on at once (each instance has its own local cache)")
+    parser.add_argument("--component-instances", type=int, default=1)
+    parser.add_argument("--unet-runtime", choices=RUNTIMES, default="torch",
+                        help="unet runs on PyTorch, on onnxruntime (the exported ONNX graph) or as a TensorRT engine "
+                             "(needs tensorrt and --device gpu; see openspeedy/export/README.md)")
+    from openspeedy.export.tensorrt_engine import add_profile_arguments  # no torch: light at parse time
+
+    add_profile_arguments(parser)
+    parser.add_argument("--warmup-shapes", default="",
+                        help="video sizes FRAMESxHEIGHTxWIDTH,... the UNet and decoder warm up for at load")
+    parser.add_argument("--warmup-feature-reuse", action="store_true",
+                        help="warm-up also compiles the UNet paths of FEATURE_REUSE_INTERVAL (the opt-in fast mode)")
+    parser.add_argument("--unet-compile-mode", default="", choices=("", "default", "max-autotune", "reduce-overhead"),
+                        help="torch.compile the PyTorch UNet (GPU); empty: eager")
+    parser.add_argument("--max-queue-size", type=int, default=8,
+                        help="requests an entry model queues; more are refused at once with UNAVAILABLE")
+    parser.add_argument("--no-cache", action="store_true", help="turn the encoding caches off")
+    parser.add_argument("--cache-image-max-bytes", type=int, default=256 << 20)
+    parser.add_argument("--cache-prompt-max-bytes", type=int, default=64 << 20)
+    parser.add_argument("--cache-redis-url", default="", help="share the caches through Redis (redis://host:port/db)")
+    parser.add_argument("--cache-redis-ttl-s", type=int, default=24 * 3600)
+
+
+def run(args: argparse.Namespace) -> Path:
+    # Imported here so that `openspeedy generate` never loads torch and diffusers.
+    from openspeedy.cache import CacheSettings
+    from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+    from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
+    from openspeedy.export.tensorrt_engine import profile_from_arguments, require_tensorrt
+    from openspeedy.model_config import QueuePolicy
+
+    if args.unet_runtime == "tensorrt":
+        require_tensorrt()  # refuse before minutes of export work
+    if args.tiny:
+        checkpoint = build_tiny_checkpoint(args.output.parent / f"{args.output.name}_tiny_checkpoint")
+        settings = TINY_SETTINGS
+    else:
+        checkpoint, settings = args.checkpoint, REFERENCE_SETTINGS
+    options = ExportOptions(
+        device=args.device,
+        gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
+        per_gpu_components=args.per_gpu_components,
+        dtype=args.dtype or ("float16" if args.device == "gpu" else "float32"),
+        entry_instances=args.entry_instances,
+        component_instances=args.component_instances,
+        settings=settings,
+        unet_runtime=args.unet_runtime,
+        unet_profile=profile_from_arguments(args),
+        warmup_shapes=args.warmup_shapes,
+        unet_compile_mode=args.unet_compile_mode,
+        warmup_feature_reuse=args.warmup_feature_reuse,
+        queue=QueuePolicy(max_queue_size=args.max_queue_size),
+        cache=CacheSettings(
+            enabled=not args.no_cache,
+            image_max_bytes=args.cache_image_max_bytes,
+            prompt_max_bytes=args.cache_prompt_max_bytes,
+            redis_url=args.cache_redis_url,
+            redis_ttl_s=args.cache_redis_ttl_s,
+        ),
+    )
+    return build_repository(checkpoint, args.output, options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="openspeedy export", description=__doc__)
+    add_arguments(parser)
+    print(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

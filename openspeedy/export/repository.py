@@ -1,0 +1,177 @@
+"""Builds a servable Triton model repository from a diffusers-layout I2VGen-XL checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openspeedy import contracts
+from openspeedy.cache import CacheSettings, fingerprint_files
+from openspeedy.components import COMPONENT_CLASSES
+from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
+from openspeedy.export import unet_repository
+from openspeedy.export.tensorrt_engine import UNetProfile
+from openspeedy.model_config import InstanceGroup, QueuePolicy, render_config
+from openspeedy.request import RequestSettings
+from openspeedy.unet.variants import compiled_serving_options
+
+# The adapters (model.py) live in the source tree's model_repository/, next to this package folder.
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+# What the reference pipeline defaults to for the published weights.
+REFERENCE_SETTINGS = RequestSettings()
+# The tiny model: the UNet's sample size times the VAE's 8x gives 64x64; short and fast everywhere.
+TINY_SETTINGS = RequestSettings(
+    default_num_frames=8,
+    default_height=64,
+    default_width=64,
+    default_num_inference_steps=10,
+    min_size=32,
+    max_size=512,
+    max_num_frames=32,
+    max_num_inference_steps=100,
+    max_frames_x_pixels=32 * 512 * 512,
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    device: str = "cpu"  # cpu or gpu: the instance kind of every model
+    gpus: tuple[int, ...] = ()  # with gpu: the devices to place instances on (empty = all)
+    dtype: str = "float32"  # what the components compute in (float16/bfloat16 on GPUs)
+    # Requests the orchestrator works on at once. Each instance is a process with its own local cache
+    # (Redis shares one across instances and replicas); on one GPU a second instance interleaves UNet
+    # calls, adding latency without throughput.
+    entry_instances: int = 1
+    component_instances: int = 1
+    decode_memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    decode_tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
+    settings: RequestSettings = field(default_factory=RequestSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    queue: QueuePolicy = field(default_factory=QueuePolicy)
+    warmup_shapes: str = ""  # "FRAMESxHEIGHTxWIDTH,...": compiled and measured at load, not at the first request
+    warmup_feature_reuse: bool = False  # warm-up also prepares FEATURE_REUSE_INTERVAL's paths (longer load)
+    unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
+    unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (openspeedy/export/unet_repository.py)
+    unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
+    # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
+    # and the orchestrators on each GPU call their own GPU's copies, so no tensor crosses GPUs.
+    per_gpu_components: bool = False
+
+    def __post_init__(self):
+        if self.per_gpu_components and (self.device != "gpu" or not self.gpus):
+            raise ValueError("per_gpu_components needs device 'gpu' and the GPUs named (gpus, --gpus 0,1)")
+
+
+def _place(source: Path, destination: Path) -> None:
+    """Hard-links a weights folder where possible (no second copy on disk), else copies it."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    try:
+        shutil.copytree(source, destination, copy_function=os.link)
+    except OSError:
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+
+
+PUBLISHED_VAE_SCALING_FACTOR = 0.18125  # ali-vilab/i2vgen-xl vae/config.json
+
+
+def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str, str]:
+    """The config.pbtxt text of every model, rendered from its contract and the export options
+    (the weight fingerprints come with ``options.cache``)."""
+    options = unet_repository.resolve(options)
+    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
+    configs = {}
+    for contract in contracts.COMPONENTS:
+        if options.per_gpu_components:
+            copies = {contracts.gpu_model_name(contract.name, gpu): (gpu,) for gpu in options.gpus}
+        else:
+            copies = {contract.name: options.gpus}
+        for name, gpus in copies.items():
+            group = InstanceGroup(kind, options.component_instances, gpus)
+            configs[name] = _component_config(contract, options, group, name)
+    entry_parameters = (
+        options.settings.as_parameters()
+        | options.cache.as_parameters()
+        | {"vae_scaling_factor": str(vae_scaling_factor)}
+        | ({"components_per_gpu": "true"} if options.per_gpu_components else {})
+    )
+    for contract in contracts.ENTRY_MODELS:
+        group = InstanceGroup(kind, options.entry_instances, options.gpus)
+        configs[contract.name] = render_config(
+            contract, instance_group=group, parameters=entry_parameters, queue=options.queue
+        )
+    return configs
+
+
+def _component_config(contract: contracts.ModelContract, options: ExportOptions, group: InstanceGroup,
+                      name: str) -> str:
+    if contract is contracts.UNET and options.unet_runtime != "torch":
+        return unet_repository.unet_config(options, group, name)
+    parameters = {"dtype": options.dtype}
+    if options.warmup_shapes and contract in (contracts.UNET, contracts.VAE_DECODER):
+        parameters["warmup_shapes"] = options.warmup_shapes
+    if contract is contracts.UNET and options.unet_compile_mode:
+        # The fastest benchmarked compiled variant (openspeedy/unet/variants.py).
+        parameters |= compiled_serving_options(options.unet_compile_mode)
+    if contract is contracts.UNET and options.warmup_feature_reuse:
+        parameters["feature_reuse"] = "true"  # the warm-up shapes also compile feature reuse's two paths
+    if contract is contracts.VAE_DECODER:
+        parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
+        parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
+    return render_config(contract, instance_group=group, parameters=parameters, name=name)
+
+
+def write_source_configs(source_repository: Path = SOURCE_REPOSITORY) -> None:
+    """Writes the committed model_repository/*/config.pbtxt: CPU defaults for the published weights."""
+    for name, text in model_configs(ExportOptions(), PUBLISHED_VAE_SCALING_FACTOR).items():
+        (source_repository / name / "config.pbtxt").write_text(text)
+
+
+def build_repository(
+    checkpoint: Path,
+    output: Path,
+    options: ExportOptions = ExportOptions(),
+    source_repository: Path = SOURCE_REPOSITORY,
+) -> Path:
+    """Copies the adapters, places the weights and writes each model's config into ``output``."""
+    checkpoint, output = Path(checkpoint), Path(output)
+    missing = [f for f in ("model_index.json", "scheduler", "vae", "unet") if not (checkpoint / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{checkpoint} is not a diffusers I2VGen-XL checkpoint: missing {missing}")
+    vae_config = json.loads((checkpoint / "vae" / "config.json").read_text())
+    # Cache keys carry these, so entries computed with other weights are never served.
+    options = dataclasses.replace(options, cache=dataclasses.replace(
+        options.cache,
+        image_fingerprint=fingerprint_files(*(checkpoint / f for f in ("image_encoder", "feature_extractor", "vae"))),
+        prompt_fingerprint=fingerprint_files(checkpoint / "text_encoder", checkpoint / "tokenizer"),
+    ))
+    weights = {name: cls.weight_folders for name, cls in COMPONENT_CLASSES.items()}
+    weights |= {contract.name: ("scheduler",) for contract in contracts.ENTRY_MODELS}
+    built_unet = None  # an ONNX graph or engine is made once and linked into the other GPUs' copies
+    for name, config in model_configs(options, vae_config["scaling_factor"]).items():
+        component = contracts.component_of(name)
+        version = output / name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        if component == contracts.UNET.name:
+            unet_repository.remove_runtime_files(version)  # switching runtimes leaves nothing stale
+        if component == contracts.UNET.name and options.unet_runtime != "torch":
+            if built_unet is None:
+                unet_repository.write_unet(checkpoint, output / name, options, source_repository)  # graph or engine
+                built_unet = version
+            else:
+                _place(built_unet, version)
+        else:
+            for folder in weights[component]:
+                _place(checkpoint / folder, version / folder)
+            shutil.copy2(source_repository / component / "1" / "model.py", version / "model.py")
+        (output / name / "config.pbtxt").write_text(config)
+    return output
+
+
+if __name__ == "__main__":  # `make configs`
+    write_source_configs()

@@ -1,0 +1,130 @@
+"""Streaming progress, cancellation, time limits, admission control and serving metrics, on a real
+tritonserver (CPU, tiny model)."""
+
+import concurrent.futures
+import dataclasses
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from openspeedy.client import Client, GenerationError
+from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
+from openspeedy.model_config import QueuePolicy
+from openspeedy.server import ServerOptions, TritonServer
+from tests.helpers import encode, free_port, random_image
+
+pytestmark = pytest.mark.server
+IMAGE = encode(random_image(100, 60, seed=31))
+
+
+def test_stream_reports_every_step_then_the_same_video(triton):
+    seen = []
+    with Client(triton.grpc_url) as client:
+        streamed = client.generate_stream(IMAGE, "a fox", on_progress=lambda d, t: seen.append((d, t)),
+                                          num_frames=4, num_inference_steps=6, seed=3, mp4=True)
+        plain = client.generate(IMAGE, "a fox", num_frames=4, num_inference_steps=6, seed=3)
+    assert seen == [(i, 6) for i in range(1, 7)]
+    assert streamed.frames.tobytes() == plain.frames.tobytes()
+    assert streamed.mp4 is not None
+
+
+def test_stream_reports_bad_input_as_an_error(triton):
+    with Client(triton.grpc_url) as client, pytest.raises(GenerationError, match="'HEIGHT'"):
+        client.generate_stream(IMAGE, "x", height=30)
+
+
+def test_streaming_needs_grpc(triton):
+    with Client(triton.http_url, "http") as client, pytest.raises(ValueError, match="gRPC"):
+        client.generate_stream(IMAGE, "x")
+
+
+def _stub_processes(server):
+    return {p.pid for p in psutil.Process(server.process.pid).children(recursive=True)}
+
+
+def _shared_memory_segments(server):
+    """The python backend's shared-memory regions mapped by this server's processes (other servers, of
+    other tests, have their own)."""
+    processes = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+    return {m.path for p in processes for m in p.memory_maps(grouped=True) if "triton_python_backend" in m.path}
+
+
+def test_cancelling_stops_the_generation_and_leaks_nothing(triton):
+    stubs, segments = _stub_processes(triton), _shared_memory_segments(triton)
+    with Client(triton.grpc_url) as client:
+        started = time.monotonic()
+        with pytest.raises(GenerationError, match="cancelled") as error:
+            client.generate_stream(IMAGE, "x", num_frames=16, height=128, width=128, num_inference_steps=100,
+                                   seed=1, cancel_after_step=2)
+        assert error.value.cancelled
+        # The next request is served at once: the cancelled one stopped instead of running 98 more steps.
+        video = client.generate(IMAGE, "x", num_frames=2, num_inference_steps=2, seed=1)
+        assert video.frames.shape[0] == 2
+    log = Path("build/test-logs/triton.log")
+    deadline = time.monotonic() + 30
+    while "request cancelled after step" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "request cancelled after step" in log.read_text()
+    assert _stub_processes(triton) == stubs
+    assert _shared_memory_segments(triton) == segments
+    assert time.monotonic() - started < 120
+
+
+@pytest.fixture(scope="module")
+def limited_server(tiny_checkpoint, tmp_path_factory):
+    """A server whose entry models queue at most 2 requests and stop any generation after 4 s."""
+    directory = tmp_path_factory.mktemp("limited")
+    options = ExportOptions(settings=dataclasses.replace(TINY_SETTINGS, max_request_seconds=4.0),
+                            queue=QueuePolicy(max_queue_size=2))
+    repository = build_repository(tiny_checkpoint, directory / "models", options)
+    server = TritonServer(ServerOptions(repository, http_port=free_port(), grpc_port=free_port(),
+                                        metrics_port=free_port()), log_path=directory / "triton.log").start()
+    yield server
+    server.stop()
+
+
+def test_a_generation_past_its_time_limit_is_stopped(limited_server):
+    with Client(limited_server.grpc_url) as client:
+        with pytest.raises(GenerationError, match="ran past its limit of 4 s"):
+            client.generate(IMAGE, "x", num_frames=32, height=256, width=256, num_inference_steps=100, seed=1)
+        assert client.generate(IMAGE, "x", num_frames=2, num_inference_steps=2, seed=1).frames.shape[0] == 2
+
+
+def test_overload_is_refused_with_a_retry_error_and_nothing_hangs(limited_server):
+    def one(i):
+        with Client(limited_server.grpc_url if i % 2 else limited_server.http_url,
+                    "grpc" if i % 2 else "http", timeout_s=60) as client:
+            try:
+                client.generate(IMAGE, "x", num_frames=8, height=64, width=64, num_inference_steps=20, seed=i)
+                return "ok"
+            except GenerationError as error:
+                return error
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one, range(10), timeout=120))
+    refused = [r for r in results if r != "ok"]
+    assert results.count("ok") >= 1 and refused, results
+    for error in refused:
+        assert error.retryable and "retry" in str(error), error
+    with Client(limited_server.grpc_url) as client:  # and the server goes on serving
+        assert client.generate(IMAGE, "x", num_frames=2, num_inference_steps=2, seed=1).frames.shape[0] == 2
+
+
+def test_serving_metrics_are_exported(triton):
+    with Client(triton.grpc_url) as client:
+        client.generate(IMAGE, "x", num_frames=3, num_inference_steps=4, seed=2)
+    text = urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()
+
+    def value(pattern):
+        match = re.search(pattern, text, re.MULTILINE)
+        assert match, pattern
+        return float(match.group(1))
+
+    assert value(r'^openspeedy_denoising_step_seconds_count\{model="i2vgen_xl"\} (\S+)$') >= 4
+    assert value(r'^openspeedy_frames_generated_total\{model="i2vgen_xl"\} (\S+)$') >= 3
+    assert value(r'^openspeedy_requests_in_flight\{model="i2vgen_xl"\} (\S+)$') == 0
+    assert value(r'^nv_inference_queue_duration_us\{model="i2vgen_xl",version="1"\} (\S+)$') >= 0
