@@ -1,0 +1,143 @@
+"""The lossless UNet techniques (temporal attention kernel, whole-forward CUDA graphs) change speed, not
+results; feature reuse's full path is diffusers' forward, bit for bit. On a CPU the attention op is SDPA
+itself and CUDA graphs are off; the tests marked gpu run the kernel and the graphs where CUDA exists."""
+
+import pytest
+import torch
+from diffusers import I2VGenXLUNet
+
+from openspeedy import contracts
+from openspeedy.components import load_component
+from openspeedy.example_inputs import example_inputs
+from openspeedy.unet.cuda_graphs import GraphedCallable
+from openspeedy.unet.feature_reuse import full_step, shallow_path_supported, shallow_step
+from openspeedy.unet.temporal_attention import (
+    TemporalAttentionProcessor,
+    _sdpa,
+    temporal_attention,
+    use_temporal_attention_kernel,
+)
+
+ONE = torch.ones(1, dtype=torch.int32)
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_checkpoint):
+    unet = load_component("unet", tiny_checkpoint)
+    return example_inputs(contracts.UNET, unet.sizes(frames=5, height=72, width=88),
+                          generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def diffusers_unet(tiny_checkpoint):
+    return I2VGenXLUNet.from_pretrained(tiny_checkpoint / "unet").eval()
+
+
+def call(unet, inputs):
+    return unet(inputs["SAMPLE"], inputs["TIMESTEP"], fps=inputs["FPS"], image_latents=inputs["IMAGE_LATENTS"],
+                image_embeddings=inputs["IMAGE_EMBEDDINGS"], encoder_hidden_states=inputs["ENCODER_HIDDEN_STATES"],
+                return_dict=False)[0]
+
+
+def reuse_arguments(inputs):
+    return (inputs["SAMPLE"], inputs["TIMESTEP"], inputs["FPS"], inputs["IMAGE_LATENTS"], inputs["IMAGE_EMBEDDINGS"],
+            inputs["ENCODER_HIDDEN_STATES"])
+
+
+def test_temporal_attention_processor_is_diffusers_arithmetic(tiny_checkpoint, inputs):
+    fused = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true"})
+    kernel = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true", "temporal_attention_kernel": "true"})
+    processors = [m.processor for m in kernel.model.modules() if hasattr(m, "processor")]
+    assert sum(isinstance(p, TemporalAttentionProcessor) for p in processors) > 0
+    assert not all(isinstance(p, TemporalAttentionProcessor) for p in processors)  # spatial ones keep theirs
+    torch.testing.assert_close(kernel.infer(inputs)["NOISE_PRED"], fused.infer(inputs)["NOISE_PRED"], rtol=0, atol=0)
+
+
+def test_temporal_attention_processor_without_fused_projections(diffusers_unet, inputs):
+    expected = call(diffusers_unet, inputs)
+    unet = I2VGenXLUNet.from_config(diffusers_unet.config).eval()
+    unet.load_state_dict(diffusers_unet.state_dict())
+    assert use_temporal_attention_kernel(unet) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(call(unet, inputs), expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sequences, frames, heads", [(8192, 16, 5), (512, 16, 20), (300, 7, 2), (64, 40, 3)])
+def test_kernel_matches_sdpa_at_the_unet_shapes(sequences, frames, heads, dtype):
+    torch.manual_seed(0)
+    qkv = torch.randn(sequences, frames, 3 * heads * 64, device="cuda", dtype=dtype)
+    q, k, v = qkv.chunk(3, dim=-1)  # strided views, as fused QKV projections give them
+    expected = _sdpa(q.float(), k.float(), v.float(), heads)
+    out = temporal_attention(q, k, v, heads)
+    assert out.is_contiguous() and out.dtype == dtype
+    assert float((out.float() - expected).norm() / expected.norm()) < 2e-3
+
+
+def test_op_traces_under_torch_compile():
+    q, k, v = (torch.randn(6, 4, 8) for _ in range(3))
+    compiled = torch.compile(lambda q, k, v: temporal_attention(q, k, v, 2) * 2, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), _sdpa(q, k, v, 2) * 2)
+
+
+def test_full_step_is_diffusers_forward_bit_for_bit(diffusers_unet, inputs):
+    assert shallow_path_supported(diffusers_unet)
+    with torch.no_grad():
+        noise, deep = full_step(diffusers_unet, *reuse_arguments(inputs))
+        assert torch.equal(noise, call(diffusers_unet, inputs))
+        # The shallow path on the same step's own deep features recomputes exactly the full step's output.
+        assert torch.equal(shallow_step(diffusers_unet, *reuse_arguments(inputs), deep), noise)
+    frames = inputs["SAMPLE"].shape[2]
+    assert deep.shape[0] == inputs["SAMPLE"].shape[0] * frames
+
+
+def test_unet_component_serves_both_feature_reuse_paths(tiny_checkpoint, inputs):
+    unet = load_component("unet", tiny_checkpoint)
+    plain = unet.infer(inputs)
+    assert set(plain) == {"NOISE_PRED"}
+    full = unet.infer(inputs | {"RETURN_DEEP_FEATURES": ONE})
+    assert torch.equal(full["NOISE_PRED"], plain["NOISE_PRED"])
+    assert full["DEEP_FEATURES"].dtype == torch.float32  # the contract's float type between models
+    shallow = unet.infer(inputs | {"DEEP_FEATURES": full["DEEP_FEATURES"]})
+    assert torch.equal(shallow["NOISE_PRED"], plain["NOISE_PRED"])
+    later = inputs | {"TIMESTEP": torch.tensor([500]), "DEEP_FEATURES": full["DEEP_FEATURES"]}
+    assert not torch.equal(unet.infer(later)["NOISE_PRED"], plain["NOISE_PRED"])
+
+
+def test_cuda_graphs_option_is_ignored_on_a_cpu(tiny_checkpoint, inputs):
+    unet = load_component("unet", tiny_checkpoint, options={"cuda_graphs": "true"})
+    assert not any(isinstance(fn, GraphedCallable) for fn in unet.paths.values())
+
+
+@pytest.mark.gpu
+def test_graphed_callable_replays_the_function():
+    weight = torch.randn(64, 64, device="cuda")
+
+    def fn(x, y):
+        return (torch.relu(x @ weight) + y,)
+
+    graphed = GraphedCallable(fn)
+    x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 64, device="cuda")
+    graphed.capture(x, y)
+    for _ in range(3):
+        x, y = torch.randn_like(x), torch.randn_like(y)
+        (out,) = graphed(x, y)
+        torch.testing.assert_close(out, fn(x, y)[0])
+    (first,) = graphed(x, y)
+    graphed(torch.zeros_like(x), y)
+    torch.testing.assert_close(first, fn(x, y)[0])  # outputs are clones: a later replay leaves them be
+    (other,) = graphed(torch.randn(8, 64, device="cuda"), torch.randn(8, 64, device="cuda"))  # never captured
+    assert other.shape == (8, 64) and len(graphed.graphs) == 1
+
+
+@pytest.mark.gpu
+def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint):
+    from openspeedy.unet.variants import TORCH_VARIANTS
+
+    eager = load_component("unet", tiny_checkpoint, "cuda")
+    fast = load_component("unet", tiny_checkpoint, "cuda", options=TORCH_VARIANTS["fast"])
+    inputs = example_inputs(contracts.UNET, eager.sizes(frames=4, height=64, width=64), device="cuda")
+    expected = eager.infer(inputs)["NOISE_PRED"]
+    for _ in range(2):  # the first call captures, the second replays
+        torch.testing.assert_close(fast.infer(inputs)["NOISE_PRED"], expected, rtol=1e-4, atol=1e-4)
