@@ -20,7 +20,7 @@ from bench.common import DEFAULT_CHECKPOINT, Results
 START = """
 import time, torch
 from openspeedy.components import load_component
-from openspeedy.unet.variants import VARIANTS
+from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
 options = dict(VARIANTS[{variant!r}], warmup_shapes={shape!r}, compile_cache_dir={cache!r})
 load_component("unet", {checkpoint!r}, "cuda", "float16", options)
 torch.cuda.synchronize()

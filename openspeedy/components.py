@@ -164,8 +164,7 @@ class UNet:
         compile_mode = options.get("compile_mode", "")
         if compile_mode:
             if options.get("compile_cache_dir"):
-                # Inductor's on-disk caches make a restart reuse the kernels compiled before it.
-                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", options["compile_cache_dir"])
+                use_compile_cache(Path(options["compile_cache_dir"]))
             # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs need them.
             mode = None if compile_mode == "default" else compile_mode
             self.model = torch.compile(self.model, mode=mode, dynamic=False)  # the plain path calls self.model
@@ -258,6 +257,15 @@ class VaeDecoder:
         if chunk < 0:
             raise ValueError(f"DECODE_CHUNK_SIZE must be >= 0, got {chunk}")
         return {"FRAMES": self.decoder.decode(inputs["LATENTS"], chunk)}
+
+
+def use_compile_cache(directory: Path) -> None:
+    """Inductor's and Triton's on-disk caches in ``directory`` (a volume), so a restart reuses the kernels
+    compiled before it. Set outright: torch writes its default into TORCHINDUCTOR_CACHE_DIR the first time
+    it looks the variable up, so a default-respecting setdefault here would often find it taken (seen on
+    the GPU machine: the caches went to /tmp)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile_arguments(parser)
     parser.add_argument("--warmup-shapes", default="",
                         help="video sizes FRAMESxHEIGHTxWIDTH,... the UNet and decoder warm up for at load")
+    parser.add_argument("--compile-cache-dir", default="",
+                        help="keep torch.compile's caches (Inductor, Triton) here: a restart skips most compilation")
     parser.add_argument("--warmup-feature-reuse", action="store_true",
                         help="warm-up also compiles the UNet paths of FEATURE_REUSE_INTERVAL (the opt-in fast mode)")
     parser.add_argument("--unet-compile-mode", default="", choices=("", "default", "max-autotune", "reduce-overhead"),
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> Path:
         warmup_shapes=args.warmup_shapes,
         unet_compile_mode=args.unet_compile_mode,
         warmup_feature_reuse=args.warmup_feature_reuse,
+        compile_cache_dir=args.compile_cache_dir,
         queue=QueuePolicy(max_queue_size=args.max_queue_size),
         cache=CacheSettings(
             enabled=not args.no_cache,

@@ -54,6 +54,7 @@ class ExportOptions:
     cache: CacheSettings = field(default_factory=CacheSettings)
     queue: QueuePolicy = field(default_factory=QueuePolicy)
     warmup_shapes: str = ""  # "FRAMESxHEIGHTxWIDTH,...": compiled and measured at load, not at the first request
+    compile_cache_dir: str = ""  # torch runtime: Inductor's and Triton's caches here (a volume), for fast restarts
     warmup_feature_reuse: bool = False  # warm-up also prepares FEATURE_REUSE_INTERVAL's paths (longer load)
     unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
     unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (openspeedy/export/unet_repository.py)
@@ -118,6 +119,8 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
     if contract is contracts.UNET and options.unet_compile_mode:
         # The fastest benchmarked compiled variant (openspeedy/unet/variants.py).
         parameters |= compiled_serving_options(options.unet_compile_mode)
+    if contract is contracts.UNET and options.compile_cache_dir:
+        parameters["compile_cache_dir"] = options.compile_cache_dir
     if contract is contracts.UNET and options.warmup_feature_reuse:
         parameters["feature_reuse"] = "true"  # the warm-up shapes also compile feature reuse's two paths
     if contract is contracts.VAE_DECODER:

@@ -2,6 +2,8 @@
 results; feature reuse's full path is diffusers' forward, bit for bit. On a CPU the attention op is SDPA
 itself and CUDA graphs are off; the tests marked gpu run the kernel and the graphs where CUDA exists."""
 
+import os
+
 import pytest
 import torch
 from diffusers import I2VGenXLUNet
@@ -141,3 +143,11 @@ def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint):
     expected = eager.infer(inputs)["NOISE_PRED"]
     for _ in range(2):  # the first call captures, the second replays
         torch.testing.assert_close(fast.infer(inputs)["NOISE_PRED"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_cache_dir_takes_effect_after_torch_chose_its_default(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_default")  # what torch sets on first use
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    load_component("unet", tiny_checkpoint, options={"compile_mode": "default", "compile_cache_dir": str(tmp_path)})
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
