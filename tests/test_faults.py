@@ -303,7 +303,7 @@ def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_r
             # config given in the request only updates the model in place; a changed parameter reloads it.
             config = client._client.get_model_config("unet", as_json=True)["config"]
             config.setdefault("parameters", {})["reload_nonce"] = {"string_value": str(time.time_ns())}
-            client._client.load_model("unet", config=json.dumps(config))
+            client._client.load_model("unet", config=json.dumps(config), headers=server.grpc_admin_headers)
             _wait_until(lambda: len(_stubs(server, "unet", tiny_repository)) == 1, 120, "a new unet stub")
             (new_unet,) = _stubs(server, "unet", tiny_repository)
             assert new_unet.pid != unet.pid
