@@ -201,7 +201,9 @@ class CacheSettings:
         }
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str], environ: Mapping[str, str] | None = None) -> "CacheSettings":
+    def from_parameters(
+        cls, parameters: Mapping[str, str], environ: Mapping[str, str] | None = None
+    ) -> "CacheSettings":
         """The settings of a model config's parameters, with the Redis URL of ``environ`` (os.environ)."""
         secrets_found = [name for name in SECRET_PARAMETERS if parameters.get(name)]
         if secrets_found:

@@ -231,7 +231,8 @@ class TritonServer:
 
     def command_line_without_key(self) -> list[str]:
         """The command, for logs: the admin key replaced."""
-        return [arg.replace(self.admin_key, "<admin key>") for arg in self.command(find_triton(self.options.triton_root))]
+        command = self.command(find_triton(self.options.triton_root))
+        return [arg.replace(self.admin_key, "<admin key>") for arg in command]
 
     def restriction_flags(self) -> list[str]:
         restriction = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_KEY_HEADER}={self.admin_key}"
