@@ -3,7 +3,8 @@ Secrets, probes that check every model, rollouts that cannot stall on a ReadWrit
 export, monitoring resources validated against their CRD schemas, and the helm test pod off the Service.
 
 Tools skip with a reason where missing: helm ($HELM or PATH), kubernetes-validate, promtool (Debian's
-prometheus), node with @kubernetes-models/prometheus-operator ($CRD_MODELS, installed by make deploy-tools).
+prometheus), node with @kubernetes-models/prometheus-operator ($CRD_MODELS, installed by make deploy-tools):
+its compiled CRD validators plus a check that every field is declared (tests/deploy/validate_crds.mjs).
 """
 
 from __future__ import annotations
@@ -122,6 +123,15 @@ def test_everything_on_validates_strictly_with_crds_against_their_schemas(helm, 
     refused = run(node, str(ROOT / "tests" / "deploy" / "validate_crds.mjs"), stdin=json.dumps(broken),
                   env={"CRD_MODELS": str(CRD_MODELS)})
     assert refused.returncode == 1 and "interval must be string" in refused.stdout
+    # ... and so is a field the CRD does not declare (strict, as kubernetes-validate --strict for built-ins).
+    misspelt = json.loads(json.dumps(custom))
+    one(misspelt, "ServiceMonitor")["spec"]["endpoints"][0]["scrapeTimout"] = "10s"
+    one(misspelt, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["severity"] = "warning"
+    refused = run(node, str(ROOT / "tests" / "deploy" / "validate_crds.mjs"), stdin=json.dumps(misspelt),
+                  env={"CRD_MODELS": str(CRD_MODELS)})
+    assert refused.returncode == 1, refused.stdout
+    assert "/spec/endpoints/0/scrapeTimout is not a field of Endpoint" in refused.stdout
+    assert "/spec/groups/0/rules/0/severity is not a field of Rule" in refused.stdout
 
 
 # --- autoscaling -----------------------------------------------------------------------------------------
