@@ -14,13 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import encode, random_image
 from openspeedy.client import Client
-from openspeedy.server import (
-    ADMIN_KEY_ENV,
-    ADMIN_KEY_HEADER,
-    GRPC_ADMIN_KEY_HEADER,
-    RESTRICTED_PROTOCOLS,
-    admin_key_from_environment,
-)
+from openspeedy.server import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
 from openspeedy.watchdog import stub_processes
 
 pytestmark = pytest.mark.server
@@ -133,19 +127,3 @@ def test_the_launchers_key_is_admitted(triton):
         for stub in stubs:
             assert triton.admin_key not in " ".join(stub.cmdline()), model
             assert triton.admin_key not in json.dumps(stub.environ()), model
-
-
-def test_restricted_protocols_are_the_admin_ones():
-    assert set(RESTRICTED_PROTOCOLS) == {"model-repository", "shared-memory", "trace", "logging"}
-
-
-def test_admin_key_comes_from_a_secret_or_is_made_per_start(tmp_path):
-    first, second = admin_key_from_environment({}), admin_key_from_environment({})
-    assert first != second and len(first) >= 32
-    secret = tmp_path / "admin-key"
-    secret.write_text("a-mounted-secret-key-0123456789\n")
-    assert admin_key_from_environment({"OPENSPEEDY_ADMIN_KEY_FILE": str(secret)}) == "a-mounted-secret-key-0123456789"
-    assert admin_key_from_environment({ADMIN_KEY_ENV: "from-the-environment-0123"}) == "from-the-environment-0123"
-    for bad in ("short", "has,comma-and-is-long-enough", "has=equals-and-is-long-enough"):
-        with pytest.raises(ValueError, match=ADMIN_KEY_ENV):
-            admin_key_from_environment({ADMIN_KEY_ENV: bad})
