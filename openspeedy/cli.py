@@ -1,8 +1,10 @@
-"""The ``openspeedy`` command: ``serve``, ``generate`` and ``export``."""
+"""The ``openspeedy`` command: ``serve``, ``demo``, ``probe``, ``generate`` and ``export``."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -21,18 +23,58 @@ def tiny_repository(repository: Path = DEFAULT_TINY_REPOSITORY) -> Path:
     return repository
 
 
+# Seconds Triton's drain may take beyond the longest allowed request (the request's last step, the reply).
+EXIT_TIMEOUT_MARGIN_S = 15
+DEFAULT_EXIT_TIMEOUT_S = 30
+
+
+def longest_request_seconds(repository: Path) -> float:
+    """The largest ``max_request_seconds`` of the repository's entry models; 0 when one has no limit."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    limits = []
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        if "max_request_seconds" in config.parameters:
+            limits.append(float(config.parameters["max_request_seconds"].string_value or 0))
+    return 0.0 if not limits or 0.0 in limits else max(limits)
+
+
+def exit_timeout_seconds(args: argparse.Namespace, repository: Path) -> int:
+    """--exit-timeout-secs if given; else the longest allowed request plus a margin, so that a stop lets
+    every video in flight finish."""
+    if args.exit_timeout_secs is not None:
+        return args.exit_timeout_secs
+    longest = longest_request_seconds(repository)
+    return math.ceil(longest) + EXIT_TIMEOUT_MARGIN_S if longest else DEFAULT_EXIT_TIMEOUT_S
+
+
 def _server_options(args: argparse.Namespace):
     from openspeedy.server import ServerOptions
 
     repository = args.model_repository or tiny_repository()
+    if not any(Path(repository).glob("*/config.pbtxt")):
+        raise SystemExit(f"openspeedy: no model in {repository}: mount a repository built by 'openspeedy export' "
+                         "there, or build the image with --build-arg MODEL_SOURCE=tiny|checkpoint (docker/README.md)")
+    extra = {} if args.cuda_memory_pool_bytes is None else {"cuda_memory_pool_bytes": args.cuda_memory_pool_bytes}
     return ServerOptions(repository, args.host, args.http_port, args.grpc_port, args.metrics_port, args.log_verbose,
-                         restart_dead_stubs=not args.no_watchdog)
+                         restart_dead_stubs=not args.no_watchdog, exit_timeout_s=exit_timeout_seconds(args, repository),
+                         triton_root=args.triton_root, extra_args=list(args.triton_args), **extra)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from openspeedy.server import TritonServer, serve_forever
 
-    return serve_forever(TritonServer(_server_options(args)))
+    server = TritonServer(_server_options(args))
+    print(f"openspeedy: tritonserver {' '.join(server.command_line_without_key())}", flush=True)
+    return serve_forever(server)
+
+
+def _env(name: str, default, kind=str):
+    """A flag's default from $OPENSPEEDY_<NAME>: the container and the chart configure the launcher that way."""
+    value = os.environ.get(f"OPENSPEEDY_{name}")
+    return default if value in (None, "") else kind(value)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -65,15 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run tritonserver on a model repository (default: tiny demo)")
     demo = commands.add_parser("demo", help="serve the tiny model and write a video of the example image")
     demo.add_argument("--out", type=Path, default=Path("out/demo.mp4"))
+    # Each default comes from $OPENSPEEDY_<FLAG> when set (e.g. OPENSPEEDY_HTTP_PORT), as in the container.
     for command in (serve, demo):
-        command.add_argument("--model-repository", type=Path, help="default: the tiny demo repository")
-        command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--http-port", type=int, default=8000)
-        command.add_argument("--grpc-port", type=int, default=8001)
-        command.add_argument("--metrics-port", type=int, default=8002)
-        command.add_argument("--log-verbose", type=int, default=0)
+        command.add_argument("--model-repository", type=Path, default=_env("MODEL_REPOSITORY", None, Path),
+                             help="default: $OPENSPEEDY_MODEL_REPOSITORY, else the tiny demo repository")
+        command.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to listen on")
+        command.add_argument("--http-port", type=int, default=_env("HTTP_PORT", 8000, int))
+        command.add_argument("--grpc-port", type=int, default=_env("GRPC_PORT", 8001, int))
+        command.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", 8002, int))
+        command.add_argument("--log-verbose", type=int, default=_env("LOG_VERBOSE", 0, int))
+        command.add_argument("--exit-timeout-secs", type=int, default=_env("EXIT_TIMEOUT_SECS", None, int),
+                             help="how long a stop waits for requests in flight (default: the repository's longest "
+                                  f"max_request_seconds + {EXIT_TIMEOUT_MARGIN_S}, or {DEFAULT_EXIT_TIMEOUT_S} "
+                                  "without a limit)")
+        command.add_argument("--cuda-memory-pool-bytes", type=int, default=_env("CUDA_POOL_BYTES", None, int),
+                             help="per-GPU CUDA pool of the python backend (default 256 MiB)")
+        command.add_argument("--triton-root", type=Path, default=_env("TRITON_ROOT", None, Path),
+                             help="the Triton installation, e.g. /opt/tritonserver (default: $OPENSPEEDY_TRITON_ROOT, "
+                                  "else /opt/tritonserver if present, else the nvidia-pytriton wheel's server)")
         command.add_argument("--no-watchdog", action="store_true",
                              help="do not reload a model whose python backend stub died (see openspeedy/watchdog.py)")
+        command.set_defaults(triton_args=[])
+    serve.epilog = "Arguments after '--' go to tritonserver as they are, after the launcher's own flags."
+
+    from openspeedy import probe as probe_cli
+
+    probe = commands.add_parser("probe", help="exit 0 when the server and every model of the repository are ready")
+    probe_cli.add_arguments(probe)
 
     from openspeedy.client import cli as client_cli
     from openspeedy.export import __main__ as export_cli  # argument definitions only; heavy imports are lazy
@@ -86,14 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from openspeedy import probe as probe_cli
     from openspeedy.client import cli as client_cli
     from openspeedy.export import __main__ as export_cli
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    triton_args: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # what follows "--" goes to tritonserver as it is
+        split = argv.index("--")
+        argv, triton_args = argv[:split], argv[split + 1:]
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        args.triton_args = triton_args
         return _serve(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "probe":
+        return probe_cli.run(args)
     if args.command == "generate":
         return client_cli.run(args)
     print(export_cli.run(args))

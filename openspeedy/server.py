@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,38 @@ from pathlib import Path
 from openspeedy.watchdog import EXPLICIT_MODEL_CONTROL, StubWatchdog
 
 CONTAINER_ROOT = Path("/opt/tritonserver")
+
+# Triton's admin protocols, refused without the admin key (docs/security.md says why each one):
+# model-repository (load/unload/index: one anonymous unload took the service down), shared-memory
+# (registering a region maps any /dev/shm file of the pod, the python backend's own included), trace and
+# logging (their settings name files the server writes). Left open: health, metadata, inference,
+# model-config (clients read the entry model's defaults from it; it holds no credential) and statistics
+# (the same counters that the open metrics port exports).
+RESTRICTED_PROTOCOLS = ("model-repository", "shared-memory", "trace", "logging")
+# The HTTP header that carries the key; over gRPC, Triton expects it prefixed (GRPC_ADMIN_KEY_HEADER).
+ADMIN_KEY_HEADER = "openspeedy-admin-key"
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+ADMIN_KEY_ENV = "OPENSPEEDY_ADMIN_KEY"
+ADMIN_KEY_FILE_ENV = "OPENSPEEDY_ADMIN_KEY_FILE"
+
+
+def admin_key_from_environment(environ: dict[str, str] | None = None) -> str:
+    """The admin key of a Secret (mounted file or variable), else a new random one for this start.
+
+    A fixed key is only needed where something besides the launcher must administer the server (an
+    operator's kubectl exec); a key made per start is held by the launcher and its watchdog alone."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ADMIN_KEY_FILE_ENV):
+        key = Path(environ[ADMIN_KEY_FILE_ENV]).read_text().strip()
+        source = f"the file {environ[ADMIN_KEY_FILE_ENV]} (${ADMIN_KEY_FILE_ENV})"
+    elif environ.get(ADMIN_KEY_ENV):
+        key, source = environ[ADMIN_KEY_ENV].strip(), f"${ADMIN_KEY_ENV}"
+    else:
+        return secrets.token_urlsafe(32)
+    # Triton splits the flag's value at ',', ':' and '='; a short key can be guessed.
+    if len(key) < 16 or not all(c.isalnum() or c in "-_." for c in key):
+        raise ValueError(f"the admin key in {source} must be at least 16 characters of A-Z, a-z, 0-9, '-', '_', '.'")
+    return key
 
 
 @dataclass(frozen=True)
@@ -41,11 +74,15 @@ def _runtime_cache() -> Path:
     return Path(root)
 
 
-def find_triton() -> TritonInstall:
-    """The container's server if present (or $OPENSPEEDY_TRITON_ROOT), else the nvidia-pytriton wheel's."""
-    root = Path(os.environ.get("OPENSPEEDY_TRITON_ROOT", CONTAINER_ROOT))
+def find_triton(root: Path | None = None) -> TritonInstall:
+    """The server under ``root`` (given, or $OPENSPEEDY_TRITON_ROOT, or the container's /opt/tritonserver)
+    if it is there, else the nvidia-pytriton wheel's. A root given explicitly must hold a server."""
+    explicit = root is not None or bool(os.environ.get("OPENSPEEDY_TRITON_ROOT"))
+    root = Path(root or os.environ.get("OPENSPEEDY_TRITON_ROOT") or CONTAINER_ROOT)
     if (root / "bin" / "tritonserver").exists():
         return TritonInstall(root / "bin" / "tritonserver", root / "backends", root / "caches")
+    if explicit:
+        raise RuntimeError(f"no tritonserver in {root} (expected {root / 'bin' / 'tritonserver'})")
     # Located, not imported: the package's __init__ pulls in its whole Python API, which serving never uses.
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
@@ -113,7 +150,15 @@ class ServerOptions:
     # Reload a model whose python backend stub died (openspeedy/watchdog.py); turns on explicit model
     # control, which loads every model at start as the default mode does.
     restart_dead_stubs: bool = True
+    # The key of Triton's admin protocols (RESTRICTED_PROTOCOLS); None: admin_key_from_environment().
+    admin_key: str | None = None
+    # Seconds Triton waits on SIGTERM for the requests in flight: longer than the longest allowed request.
+    exit_timeout_s: int = 30
+    # Added to the server's environment, which its models' stubs inherit (e.g. OPENSPEEDY_REDIS_URL).
+    environment: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    # The Triton installation (bin/, backends/, caches/); None: find_triton() decides.
+    triton_root: Path | None = None
 
 
 def _has_gpu() -> bool:
@@ -136,7 +181,18 @@ class TritonServer:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.watchdog: StubWatchdog | None = None
+        self.admin_key = options.admin_key or admin_key_from_environment()
         self._log = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The HTTP header that admits a request to the restricted protocols."""
+        return {ADMIN_KEY_HEADER: self.admin_key}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The gRPC metadata that admits a call to the restricted protocols."""
+        return {GRPC_ADMIN_KEY_HEADER: self.admin_key}
 
     @property
     def http_url(self) -> str:
@@ -165,15 +221,27 @@ class TritonServer:
             f"--metrics-port={o.metrics_port}",
             f"--allow-gpu-metrics={'true' if _has_gpu() else 'false'}",
             "--strict-readiness=true",
-            "--exit-timeout-secs=30",
+            f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
+            *self.restriction_flags(),
             *(f"--cuda-memory-pool-byte-size={gpu}:{o.cuda_memory_pool_bytes}" for gpu in range(_gpu_count())),
             *(EXPLICIT_MODEL_CONTROL if o.restart_dead_stubs else ()),
             *o.extra_args,
         ]
 
+    def command_line_without_key(self) -> list[str]:
+        """The command, for logs: the admin key replaced."""
+        command = self.command(find_triton(self.options.triton_root))
+        return [arg.replace(self.admin_key, "<admin key>") for arg in command]
+
+    def restriction_flags(self) -> list[str]:
+        restriction = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_KEY_HEADER}={self.admin_key}"
+        return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+
     def environment(self, install: TritonInstall) -> dict[str, str]:
-        env = dict(os.environ)
+        # The models never need the admin key: it stays with the launcher.
+        env = {k: v for k, v in os.environ.items() if k not in (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV)}
+        env.update(self.options.environment)
         library_path = [str(p) for p in install.library_paths]
         if env.get("LD_LIBRARY_PATH"):
             library_path.append(env["LD_LIBRARY_PATH"])
@@ -183,7 +251,7 @@ class TritonServer:
         return env
 
     def start(self, timeout: float = 300.0) -> "TritonServer":
-        install = find_triton()
+        install = find_triton(self.options.triton_root)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
@@ -197,7 +265,8 @@ class TritonServer:
         try:
             self.wait_ready(timeout)
             if self.options.restart_dead_stubs:
-                self.watchdog = StubWatchdog(self.process.pid, self.options.model_repository, self.http_url).start()
+                self.watchdog = StubWatchdog(self.process.pid, self.options.model_repository, self.http_url,
+                                             headers=self.admin_headers).start()
         except BaseException:
             self.stop()
             raise
@@ -223,8 +292,10 @@ class TritonServer:
             time.sleep(0.5)
         raise TimeoutError(f"tritonserver was not ready within {timeout:.0f} s")
 
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (Triton unloads its models and stops its stubs), then SIGKILL to the group if it hangs."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM (Triton lets the requests in flight finish, unloads its models and stops its stubs), then
+        SIGKILL to the group if it hangs: by default once Triton's own exit timeout is well past."""
+        timeout = self.options.exit_timeout_s + 30.0 if timeout is None else timeout
         if self.process is None:
             return None
         if self.watchdog is not None:
@@ -269,6 +340,11 @@ def serve_forever(server: TritonServer) -> int:
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",
               flush=True)
         while not stopping and server.process.poll() is None:
+            if server.watchdog is not None and server.watchdog.gave_up:
+                # A model that cannot come back: exit, so that the container (or the operator) restarts us.
+                print(f"openspeedy: giving up: {server.watchdog.gave_up}", file=sys.stderr, flush=True)
+                server.stop()
+                return 1
             time.sleep(0.2)
     finally:
         code = server.stop()

@@ -56,11 +56,18 @@ class StubWatchdog:
     instance's stub before the old one ends, plus a short-lived one for the model itself), and then
     every reload looks like the next death."""
 
-    def __init__(self, server_pid: int, repository: Path, http_url: str, interval_s: float = 1.0):
+    def __init__(self, server_pid: int, repository: Path, http_url: str, interval_s: float = 1.0,
+                 headers: dict[str, str] | None = None, max_failed_reloads: int = 3):
         self.server_pid, self.repository, self.http_url = server_pid, Path(repository).resolve(), http_url
+        self.headers = dict(headers or {})  # the admin key: the repository API is restricted to its holders
         self.interval_s = interval_s
         self.reloads: list[tuple[str, float]] = []  # (model, when it finished): what it did, for logs and tests
         self.attempts = 0  # reloads started, finished or not
+        # Reloads of a model that failed in a row; at max_failed_reloads the watchdog gives up and says why in
+        # ``gave_up``: the launcher then exits, so that the pod is restarted instead of failing every request.
+        self.max_failed_reloads = max_failed_reloads
+        self.failed_reloads: dict[str, int] = {}
+        self.gave_up: str = ""
         self._models: dict[int, str] = {}  # stub pid -> model, learnt while the stub was alive
         self._zombies: set[int] = set()  # zombie stubs seen in the last round
         self._handled: set[int] = set()  # dead stubs whose model was reloaded
@@ -102,6 +109,13 @@ class StubWatchdog:
             for model in sorted({self._models[pid] for pid in dead}):
                 if self._reload(model):
                     self._handled |= {pid for pid in dead if self._models[pid] == model}
+                    self.failed_reloads.pop(model, None)
+                    continue
+                self.failed_reloads[model] = self.failed_reloads.get(model, 0) + 1
+                if self.failed_reloads[model] >= self.max_failed_reloads:
+                    self.gave_up = (f"model '{model}' lost a python backend stub and {self.failed_reloads[model]} "
+                                    "reloads in a row failed")
+                    return
 
     def _reload(self, model: str) -> bool:
         print(f"openspeedy watchdog: a stub of model '{model}' died; reloading the model", flush=True)
@@ -112,7 +126,7 @@ class StubWatchdog:
             config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": str(time.time_ns())}
             body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
             load = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/load", data=body,
-                                          method="POST", headers={"Content-Type": "application/json"})
+                                          method="POST", headers={"Content-Type": "application/json", **self.headers})
             with urllib.request.urlopen(load, timeout=600):
                 pass  # returns once the new instances are loaded (and warmed up)
             self.reloads.append((model, time.time()))

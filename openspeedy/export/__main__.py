@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from openspeedy.unet.variants import RUNTIMES
@@ -39,11 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the PyTorch UNet (GPU); empty: eager")
     parser.add_argument("--max-queue-size", type=int, default=8,
                         help="requests an entry model queues; more are refused at once with UNAVAILABLE")
+    parser.add_argument("--max-request-seconds", type=float, default=None,
+                        help="stop a generation that runs longer, with an error (default: no limit); a stopping "
+                             "server waits this long for its requests (openspeedy serve's exit timeout)")
     parser.add_argument("--no-cache", action="store_true", help="turn the encoding caches off")
     parser.add_argument("--cache-image-max-bytes", type=int, default=256 << 20)
     parser.add_argument("--cache-prompt-max-bytes", type=int, default=64 << 20)
-    parser.add_argument("--cache-redis-url", default="", help="share the caches through Redis (redis://host:port/db)")
-    parser.add_argument("--cache-redis-ttl-s", type=int, default=24 * 3600)
+    parser.add_argument("--cache-redis-ttl-s", type=int, default=24 * 3600,
+                        help="lifetime of shared cache entries; the Redis URL is the server's: $OPENSPEEDY_REDIS_URL "
+                             "or a file named by $OPENSPEEDY_REDIS_URL_FILE, never a model config")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -61,6 +66,10 @@ def run(args: argparse.Namespace) -> Path:
         settings = TINY_SETTINGS
     else:
         checkpoint, settings = args.checkpoint, REFERENCE_SETTINGS
+    if args.max_request_seconds is not None:
+        if args.max_request_seconds < 0:
+            raise SystemExit(f"--max-request-seconds must be 0 (no limit) or more, not {args.max_request_seconds}")
+        settings = dataclasses.replace(settings, max_request_seconds=args.max_request_seconds)
     options = ExportOptions(
         device=args.device,
         gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
@@ -80,7 +89,6 @@ def run(args: argparse.Namespace) -> Path:
             enabled=not args.no_cache,
             image_max_bytes=args.cache_image_max_bytes,
             prompt_max_bytes=args.cache_prompt_max_bytes,
-            redis_url=args.cache_redis_url,
             redis_ttl_s=args.cache_redis_ttl_s,
         ),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from openspeedy.components import load_component
+from openspeedy.serving.metrics import LoadMetric
 from openspeedy.serving.triton_io import (
     error_response,
     instance_device,
@@ -27,6 +28,7 @@ def component_model(model_name: str) -> type:
             self.component = load_component(
                 model_name, version_dir, instance_device(args), parameters.get("dtype", "float32"), parameters
             )
+            self.load_metric = LoadMetric(args["model_name"], args["model_instance_name"])
 
         def execute(self, requests):
             responses = []

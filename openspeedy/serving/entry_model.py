@@ -18,7 +18,7 @@ from openspeedy.contracts import I2VGEN_XL
 from openspeedy.model_config import flag
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
-from openspeedy.serving.metrics import ServingMetrics, TritonCacheMetrics
+from openspeedy.serving.metrics import LoadMetric, ServingMetrics, TritonCacheMetrics
 from openspeedy.serving.triton_io import (
     bls_call,
     error_response,
@@ -50,6 +50,7 @@ class EntryModel:
         # Metric families are attributes: a family that goes out of scope is deleted with its metrics.
         self.cache_metrics = TritonCacheMetrics()
         self.metrics = ServingMetrics(self.model_name)
+        self.load_metric = LoadMetric(self.model_name, args["model_instance_name"])
         caches = EncodingCaches(CacheSettings.from_parameters(parameters), self.cache_metrics)
         per_gpu = flag(parameters, "components_per_gpu")
         if per_gpu and self.device.type != "cuda":

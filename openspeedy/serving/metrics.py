@@ -4,6 +4,7 @@ deleted by the backend, and its metrics then fail (docs/platform.md)."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 from openspeedy.serving.triton_io import pb_utils
@@ -47,6 +48,19 @@ class TritonCacheMetrics:
 
     def backend_error(self, cache: str) -> None:
         self._metric("backend_error", cache).increment(1)
+
+
+class LoadMetric:
+    """When this model instance was loaded: a value that changes is a model loaded again (the watchdog's
+    reload after a stub died, or an operator's), which the shipped alert rules watch."""
+
+    def __init__(self, model: str, instance: str):
+        self.family = pb_utils.MetricFamily(
+            "openspeedy_model_load_timestamp_seconds", "Unix time this model instance was loaded",
+            pb_utils.MetricFamily.GAUGE,
+        )
+        self.gauge = self.family.Metric(labels={"model": model, "instance_name": instance})
+        self.gauge.set(time.time())
 
 
 class ServingMetrics:

@@ -94,11 +94,12 @@ def test_docker_ports_and_health_follow_the_server():
     dockerfile = DOCKERFILE.read_text()
     exposed = re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()
     assert sorted(int(p) for p in exposed) == sorted(TRITON_PORTS.values())
-    assert "/v2/health/ready" in re.search(r"^HEALTHCHECK .*(?:\n .*)*", dockerfile, re.M).group(0)
-    entrypoint = ENTRYPOINT.read_text()
-    for name, port in TRITON_PORTS.items():
-        assert f"--{name}-port=\"${{OPENSPEEDY_{name.upper()}_PORT:-{port}}}\"" in entrypoint
-    assert "--model-repository=" in entrypoint and "/models" in entrypoint
+    assert '"openspeedy.probe", "ready"' in re.search(r"^HEALTHCHECK .*(?:\n .*)*", dockerfile, re.M).group(0)
+    # The launcher reads its flags from these variables (openspeedy/cli.py); the image sets them.
+    for variable in ("OPENSPEEDY_TRITON_ROOT=/opt/tritonserver", "OPENSPEEDY_MODEL_REPOSITORY=/models",
+                     "OPENSPEEDY_HOST=0.0.0.0"):
+        assert variable in dockerfile
+    assert ENTRYPOINT.read_text().rstrip().endswith('exec openspeedy serve "$@"')
 
 
 def test_base_image_is_the_triton_release_of_the_client_pin():
@@ -133,8 +134,6 @@ def test_chart_metadata():
 def test_chart_values_defaults():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     probes = values["probes"]
-    assert probes["startup"]["path"] == probes["readiness"]["path"] == "/v2/health/ready"
-    assert probes["liveness"]["path"] == "/v2/health/live"
     # Model loading takes minutes: at least 10 of them before liveness may restart the pod.
     assert probes["startup"]["periodSeconds"] * probes["startup"]["failureThreshold"] >= 600
     assert values["gpu"] == {"enabled": True, "count": 1, "resourceName": "nvidia.com/gpu"}
@@ -198,9 +197,9 @@ def test_rendered_defaults(helm):
     assert {name: int(env[f"OPENSPEEDY_{name.upper()}_PORT"]) for name in TRITON_PORTS} == TRITON_PORTS
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert container["startupProbe"]["exec"]["command"] == ["python", "-m", "openspeedy.probe", "ready"]
+    assert container["readinessProbe"]["exec"]["command"] == ["python", "-m", "openspeedy.probe", "ready"]
+    assert container["livenessProbe"]["exec"]["command"] == ["python", "-m", "openspeedy.probe", "live"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(TRITON_PORTS["metrics"])
@@ -229,7 +228,7 @@ def test_rendered_export_and_service_monitor(helm):
 
     spec = kinds["Deployment"]["spec"]["template"]["spec"]
     export = spec["initContainers"][0]
-    assert export["command"][3:] == ["openspeedy-export", "--tiny", "--device", "gpu"]
+    assert export["command"][3:] == ["openspeedy-export", "--tiny", "--device", "gpu", "--max-request-seconds", "600"]
     assert {e["name"]: e["value"] for e in export["env"]}["REPOSITORY_SUBPATH"] == "repository"
     server_mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/models")
     assert server_mount["subPath"] == "repository"
@@ -248,34 +247,21 @@ def test_bad_values_are_refused(helm, settings, message):
     assert message in result.stderr
 
 
-def test_entrypoint_runs_tritonserver_with_the_server_flags(tmp_path):
-    """With a stand-in `tritonserver` on PATH: the flags, the appended arguments, the pass-through."""
+def test_entrypoint_runs_openspeedy_serve(tmp_path):
+    """With a stand-in `openspeedy` on PATH: the entrypoint starts `openspeedy serve` with the arguments as
+    they are (its flags come from the OPENSPEEDY_* environment), and runs any other command instead."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake = bin_dir / "tritonserver"
+    fake = bin_dir / "openspeedy"
     fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
     fake.chmod(0o755)
-    repository = tmp_path / "models"
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OPENSPEEDY_MODEL_REPOSITORY": str(repository)}
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
-    missing = subprocess.run([str(ENTRYPOINT)], capture_output=True, text=True, env=env, timeout=30)
-    assert missing.returncode == 2 and "no model in" in missing.stderr
-
-    (repository / "i2vgen_xl").mkdir(parents=True)
-    (repository / "i2vgen_xl" / "config.pbtxt").write_text('name: "i2vgen_xl"\n')
-    started = subprocess.run([str(ENTRYPOINT), "--log-verbose=1"], capture_output=True, text=True,
-                             env=env | {"OPENSPEEDY_GRPC_PORT": "9001"}, timeout=30)
+    started = subprocess.run([str(ENTRYPOINT), "--log-verbose=1", "--", "--log-info=true"], capture_output=True,
+                             text=True, env=env, timeout=30)
     assert started.returncode == 0, started.stderr
-    assert started.stdout.splitlines() == [
-        f"--model-repository={repository}",
-        f"--http-port={TRITON_PORTS['http']}",
-        "--grpc-port=9001",
-        f"--metrics-port={TRITON_PORTS['metrics']}",
-        "--strict-readiness=true",
-        "--exit-timeout-secs=30",
-        "--log-verbose=0",
-        "--log-verbose=1",
-    ]
+    assert started.stdout.splitlines() == ["serve", "--log-verbose=1", "--", "--log-info=true"]
+    assert subprocess.run([str(ENTRYPOINT)], capture_output=True, text=True, env=env, timeout=30).stdout == "serve\n"
 
     command = subprocess.run([str(ENTRYPOINT), "echo", "a command"], capture_output=True, text=True, env=env,
                              timeout=30)

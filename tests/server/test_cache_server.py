@@ -3,6 +3,7 @@ so), metrics are exported, and two servers share one Redis without ever serving 
 
 import dataclasses
 import re
+import subprocess
 import urllib.request
 
 import numpy as np
@@ -47,9 +48,20 @@ def test_hit_skips_the_encoder_models_and_gives_the_same_video(triton):
         assert metric(triton, "openspeedy_cache_bytes", "image") > 0
 
 
-def start(repository, log):
-    options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+def start(repository, log, environment=None):
+    options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            environment=environment or {})
     return TritonServer(options, log_path=log).start()
+
+
+def served_configs(server: TritonServer, repository) -> dict[str, str]:
+    """Every model's config as a client reads it, and as the repository holds it."""
+    configs = {}
+    for folder in sorted(p.parent for p in repository.glob("*/config.pbtxt")):
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{folder.name}/config", timeout=10) as r:
+            configs[f"GET {folder.name}/config"] = r.read().decode()
+        configs[f"{folder.name}/config.pbtxt"] = (folder / "config.pbtxt").read_text()
+    return configs
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +72,21 @@ def other_checkpoint(tmp_path_factory):
 def test_servers_share_one_redis_and_never_serve_another_models_entry(
     redis_server, tiny_checkpoint, other_checkpoint, tmp_path
 ):
-    cache = CacheSettings(redis_url=redis_server.url, redis_ttl_s=600)
+    cache = CacheSettings(redis_ttl_s=600)
     options = dataclasses.replace(ExportOptions(settings=TINY_SETTINGS), cache=cache)
     same = build_repository(tiny_checkpoint, tmp_path / "same", options)
     other = build_repository(other_checkpoint, tmp_path / "other", options)
-    servers = [start(same, tmp_path / "a.log"), start(same, tmp_path / "b.log"), start(other, tmp_path / "c.log")]
+    # The URL with a password, as a Secret would give it: the launcher's environment, never a model config.
+    password = "s3cret-redis-password"
+    subprocess.run(["redis-cli", "-p", str(redis_server.port), "CONFIG", "SET", "requirepass", password],
+                   check=True, capture_output=True, timeout=10)
+    url = f"redis://:{password}@127.0.0.1:{redis_server.port}/0"
+    env = {"OPENSPEEDY_REDIS_URL": url}
+    servers = [start(same, tmp_path / "a.log", env), start(same, tmp_path / "b.log", env),
+               start(other, tmp_path / "c.log", env)]
     try:
+        for where, text in served_configs(servers[0], same).items():
+            assert password not in text and "redis://" not in text, f"{where} holds the Redis URL"
         first, second, retrained = (Client(s.grpc_url) for s in servers)
         video = first.generate(IMAGE, "a boat", **REQUEST).frames
         # The second replica finds the image and both prompts in Redis: no encoder model runs.

@@ -21,9 +21,9 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
 
 OpenSpeedy's launcher (`openspeedy serve`, openspeedy.server.TritonServer) therefore watches the stubs
 itself and does that reload (openspeedy/watchdog.py; asserted below for the unet and for the entry model):
-the request in flight fails, the model is back within seconds, the server stays ready. Where
-tritonserver runs without the launcher (the container's entrypoint), Triton's readiness probe does not
-notice a dead stub: probe with an inference (or watch nv_inference_request_failure) and restart the pod.
+the request in flight fails, the model is back within seconds, the server stays ready. The container runs
+the launcher too (docker/entrypoint.sh). Where tritonserver runs without it, Triton's readiness probe does
+not notice a dead stub: probe with an inference (or watch nv_inference_request_failure) and restart the pod.
 
 Restart mid-load (asserted: every request sent before the SIGTERM ends, within a bound, with its video of
 the right shape or with an error carrying a message; a new server on the same ports serves again). Seen on
@@ -303,7 +303,7 @@ def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_r
             # config given in the request only updates the model in place; a changed parameter reloads it.
             config = client._client.get_model_config("unet", as_json=True)["config"]
             config.setdefault("parameters", {})["reload_nonce"] = {"string_value": str(time.time_ns())}
-            client._client.load_model("unet", config=json.dumps(config))
+            client._client.load_model("unet", config=json.dumps(config), headers=server.grpc_admin_headers)
             _wait_until(lambda: len(_stubs(server, "unet", tiny_repository)) == 1, 120, "a new unet stub")
             (new_unet,) = _stubs(server, "unet", tiny_repository)
             assert new_unet.pid != unet.pid

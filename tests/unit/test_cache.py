@@ -1,6 +1,8 @@
 """The encoding caches: correct keys, LRU under a byte budget, and no effect on the video (sharing through
 Redis: tests/server/test_cache_redis.py)."""
 
+import dataclasses
+import json
 import threading
 
 import numpy as np
@@ -137,6 +139,22 @@ def test_cache_off_switch(local_pipeline):
     assert calls["vae_encoder"] == before + 2 and metrics.counts == {}
 
 
-def test_settings_round_trip_through_parameters():
-    settings = CacheSettings(enabled=False, image_max_bytes=5, redis_url="redis://x:1/0", image_fingerprint="f")
-    assert CacheSettings.from_parameters(settings.as_parameters()) == settings
+def test_settings_round_trip_through_parameters_and_the_redis_url_through_the_environment(tmp_path):
+    settings = CacheSettings(enabled=False, image_max_bytes=5, redis_url="redis://:pw@x:1/0", image_fingerprint="f")
+    parameters = settings.as_parameters()
+    assert "redis://" not in json.dumps(parameters) and "pw" not in json.dumps(parameters)
+    assert CacheSettings.from_parameters(parameters, {}) == dataclasses.replace(settings, redis_url="")
+    assert CacheSettings.from_parameters(parameters, {"OPENSPEEDY_REDIS_URL": "redis://:pw@x:1/0"}) == settings
+    secret = tmp_path / "redis-url"
+    secret.write_text("redis://:pw@x:1/0\n")
+    assert CacheSettings.from_parameters(parameters, {"OPENSPEEDY_REDIS_URL_FILE": str(secret)}) == settings
+
+
+def test_a_redis_url_in_a_model_config_or_a_bad_one_is_refused_without_repeating_it(tmp_path):
+    with pytest.raises(ValueError, match="cache_redis_url is refused.*OPENSPEEDY_REDIS_URL"):
+        CacheSettings.from_parameters({"cache_redis_url": "redis://:pw@x:1/0"}, {})
+    with pytest.raises(ValueError, match=r"OPENSPEEDY_REDIS_URL must start with redis://") as bad:
+        CacheSettings.from_parameters({}, {"OPENSPEEDY_REDIS_URL": "http://:pw@x"})
+    assert "pw" not in str(bad.value)
+    with pytest.raises(ValueError, match="OPENSPEEDY_REDIS_URL_FILE names .* cannot be read"):
+        CacheSettings.from_parameters({}, {"OPENSPEEDY_REDIS_URL_FILE": str(tmp_path / "missing")})

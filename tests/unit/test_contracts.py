@@ -85,7 +85,7 @@ def test_export_command_line_reaches_the_configs(tmp_path):
 
     output = tmp_path / "models"
     main(["--tiny", "--output", str(output), "--warmup-shapes", "2x64x64", "--max-queue-size", "3",
-          "--cache-redis-url", "redis://127.0.0.1:1/0", "--no-cache", "--unet-compile-mode", "default"])
+          "--cache-redis-ttl-s", "60", "--no-cache", "--unet-compile-mode", "default"])
     unet = parse(output / "unet" / "config.pbtxt")
     assert unet.parameters["warmup_shapes"].string_value == "2x64x64"
     assert unet.parameters["compile_mode"].string_value == "default"
@@ -93,6 +93,6 @@ def test_export_command_line_reaches_the_configs(tmp_path):
     assert unet.parameters["fuse_qkv"].string_value == unet.parameters["temporal_conv2d"].string_value == "true"
     entry = parse(output / "i2vgen_xl" / "config.pbtxt")
     assert entry.dynamic_batching.default_queue_policy.max_queue_size == 3
-    assert entry.parameters["cache_redis_url"].string_value == "redis://127.0.0.1:1/0"
+    assert entry.parameters["cache_redis_ttl_s"].string_value == "60"
     assert entry.parameters["cache_enabled"].string_value == "false"
     assert entry.parameters["image_weights_fingerprint"].string_value  # computed from the weights

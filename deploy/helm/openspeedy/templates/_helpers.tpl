@@ -63,6 +63,37 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $subPath }}
 {{- end }}
 
+{{/* Triton's exit timeout: the longest allowed request plus the time to answer it. */}}
+{{- define "openspeedy.exitTimeoutSeconds" -}}
+{{- add (.Values.triton.maxRequestSeconds | int) 15 }}
+{{- end }}
+
+{{/* The pod's grace period: the preStop drain, Triton's exit timeout, then the launcher's own margin. */}}
+{{- define "openspeedy.terminationGracePeriodSeconds" -}}
+{{- add (.Values.triton.drainSeconds | int) (include "openspeedy.exitTimeoutSeconds" . | int) 30 }}
+{{- end }}
+
+{{/* True when the model volume can be mounted on one node only (a surge pod elsewhere would wait forever). */}}
+{{- define "openspeedy.singleNodeVolume" -}}
+{{- $repo := .Values.modelRepository }}
+{{- if and (eq $repo.type "persistentVolumeClaim") (or (has "ReadWriteOnce" $repo.persistentVolumeClaim.accessModes) (has "ReadWriteOncePod" $repo.persistentVolumeClaim.accessModes)) }}true{{ end }}
+{{- end }}
+
+{{/* The rollout strategy: .Values.strategy if set; Recreate on a single-node volume; else no surge pod
+(it would need a spare GPU), one pod replaced at a time. */}}
+{{- define "openspeedy.strategy" -}}
+{{- if .Values.strategy }}
+{{- toYaml .Values.strategy }}
+{{- else if include "openspeedy.singleNodeVolume" . }}
+type: Recreate
+{{- else }}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 0
+  maxUnavailable: 1
+{{- end }}
+{{- end }}
+
 {{/* Fails the render on settings that cannot work together. */}}
 {{- define "openspeedy.validate" -}}
 {{- $type := .Values.modelRepository.type }}
@@ -74,6 +105,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and (eq $type "emptyDir") (not .Values.modelRepository.export.enabled) }}
 {{- fail "an emptyDir model repository starts empty: enable modelRepository.export to fill it" }}
+{{- end }}
+{{- if and .Values.strategy (include "openspeedy.singleNodeVolume" .) (eq (.Values.strategy.type | default "RollingUpdate") "RollingUpdate") }}
+{{- $surge := dig "rollingUpdate" "maxSurge" 1 .Values.strategy }}
+{{- if not (or (eq (toString $surge) "0") (eq (toString $surge) "0%")) }}
+{{- fail "strategy: a ReadWriteOnce model volume mounts on one node, so a surge pod elsewhere never starts: use strategy.type Recreate, rollingUpdate.maxSurge 0, or a ReadWriteMany/ReadOnlyMany claim" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling: minReplicas is larger than maxReplicas" }}
 {{- end }}
 {{- if .Values.podDisruptionBudget.enabled }}
 {{- if and (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) }}
