@@ -11,7 +11,7 @@ TOOLS_VENV := $(TOOLS)/venv
 SYSTEM_DEPS := $(TOOLS)/.system-deps
 
 .PHONY: install demo lint configs test test-unit test-server test-integration test-deploy serve repository \
-	deploy-tools system-deps bench-cpu clean
+	deploy-tools system-deps bench-cpu results clean
 
 # One pinned set of packages, verified together (requirements/lock.txt), then the package itself.
 $(INSTALLED): requirements/lock.txt pyproject.toml
@@ -106,8 +106,13 @@ test-integration: test-server
 test-deploy: $(INSTALLED) deploy-tools
 	$(TEST_ENV) $(PY) -m pytest -ra tests/deploy
 
+# The CPU benchmarks (tiny model); the GPU ones are listed in bench/__init__.py.
 bench-cpu: $(INSTALLED)
-	$(PY) bench/cache_bench.py
+	$(PY) -m bench.cache_bench
+
+# bench/results/README.md from the result JSON and bench/results_template.md (a unit test checks they match).
+results: $(INSTALLED)
+	$(PY) -m bench.results_table
 
 clean:
 	rm -rf build out .pytest_cache

@@ -1,9 +1,9 @@
 """The encoding caches on a repeated-image workload, in process: one image tried with several prompts and
 seeds, with the caches on and off. Reports the time per request, the time the image work takes, and
-what a hit saves. CPU with the tiny model by default; on a GPU, bench/gpu_bench.py measures the
-full-size encoders (the saving per hit) next to a whole video.
+what a hit saves. CPU with the tiny model by default; on a GPU, bench/decode_and_encode.py measures the
+full-size encoders (the saving per hit).
 
-Usage: python bench/cache_bench.py [--out bench/results] [--requests 20]
+Usage: python -m bench.cache_bench [--out bench/results] [--requests 20]
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ import io
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from openspeedy.cache import CacheSettings, CountingMetrics, EncodingCaches  # noqa: E402
-from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
-from openspeedy.export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
-from openspeedy.pipeline import I2VGenXL, LocalModels  # noqa: E402
-from openspeedy.request import RequestSettings, parse_request  # noqa: E402
+from openspeedy.cache import CacheSettings, CountingMetrics, EncodingCaches
+from openspeedy.components import COMPONENT_CLASSES, load_component
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+from openspeedy.pipeline import I2VGenXL, LocalModels
+from openspeedy.request import RequestSettings, parse_request
 
 
 def cpu_name() -> str:

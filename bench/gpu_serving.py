@@ -8,66 +8,45 @@ bench/gpu_serving.sh, which builds such an environment from carried wheels).
 
 Also records Triton's per-model statistics and the orchestrator's mean step over the timed requests,
 and the in-process time with a synchronization after every UNet call (what a call through Triton
-imposes), with that UNet's CPU and GPU time per call. --unet-timings serves the unet through
-bench/timed_unet_model.py, which records the same from inside its stub and profiles three calls on both
-sides; --in-process-after measures in process again once the server has stopped (the GPU's drift).
+imposes), with that UNet's CPU and GPU time per call. --unet-timings serves the unet
+through bench/diagnostics/timed_unet_model.py, which records the same from inside its stub and profiles
+three calls on both sides; --in-process-after measures in process again once the server has stopped (the GPU's drift).
 
-Usage: python bench/gpu_serving.py --out DIR [--requests 3] [--steps 50] [--unet-compile-mode MODE]
+Usage: python -m bench.gpu_serving --out DIR [--requests 3] [--steps 50] [--unet-compile-mode MODE]
        [--unet-timings] [--in-process-after] [--served-only]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from call_profiler import PROFILED_CALLS, CallProfiler  # noqa: E402
-from gpu_bench import DEVICE, client_options, run_openspeedy, video_request  # noqa: E402
-
-from openspeedy.client.api import Client  # noqa: E402
-from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
-from openspeedy.export.random_checkpoint import FULL_SIZE, build_checkpoint  # noqa: E402
-from openspeedy.export.repository import ExportOptions, build_repository, model_configs  # noqa: E402
-from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
-
-STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
-
-
-def statistics_counters(triton_client) -> dict[str, dict[str, int]]:
-    """Per model, Triton's cumulative success count and nanoseconds per part (a snapshot to subtract)."""
-    counters = {}
-    for model in triton_client.get_inference_statistics(as_json=True)["model_stats"]:
-        stats = model["inference_stats"]
-        counters[model["name"]] = dict(count=int(stats["success"].get("count", 0)),
-                                       **{part: int(stats[part].get("ns", 0)) for part in STAT_PARTS})
-    return counters
-
-
-def model_statistics(triton_client, since: dict[str, dict[str, int]] | None = None) -> dict:
-    """Per model: requests, and mean ms of queue / input / compute / output, from Triton's statistics;
-    with ``since`` (an earlier statistics_counters), only the requests after it: a warm-up request's
-    compilation and allocations would otherwise inflate every mean."""
-    table = {}
-    for name, now in statistics_counters(triton_client).items():
-        before = (since or {}).get(name, {})
-        delta = {key: value - before.get(key, 0) for key, value in now.items()}
-        if delta["count"]:
-            table[name] = dict(requests=delta["count"],
-                               **{f"{part}_ms": delta[part] / delta["count"] / 1e6 for part in STAT_PARTS})
-    return table
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    DEVICE,
+    STAT_PARTS,
+    client_options,
+    device_description,
+    ensure_checkpoint,
+    model_statistics,
+    run_openspeedy,
+    statistics_counters,
+    video_request,
+)
+from bench.diagnostics import call_profiler
+from bench.diagnostics.call_profiler import PROFILED_CALLS, CallProfiler
+from openspeedy.client.api import Client
+from openspeedy.components import COMPONENT_CLASSES, load_component
+from openspeedy.export.repository import ExportOptions, build_repository, model_configs
+from openspeedy.server import ServerOptions, TritonServer
 
 
 def step_histogram(metrics_url: str) -> tuple[float, float]:
@@ -86,7 +65,7 @@ def step_histogram(metrics_url: str) -> tuple[float, float]:
 class SynchronizedUNet:
     """The UNet component, synchronizing after every call as a call through Triton does (the stub waits
     for the output before it answers): the in-process cost of losing CPU/GPU overlap between steps.
-    Records what bench/timed_unet_model.py records in the served unet's stub, to set side by side:
+    Records what bench/diagnostics/timed_unet_model.py records in the served unet's stub, to set side by side:
     the forward's CPU side, and the GPU's time from the call's entry to its last kernel. The calls
     that the served stub profiles are profiled here too."""
 
@@ -112,7 +91,9 @@ class SynchronizedUNet:
 # The in-process part's results survive here for a later --served-only call on the same machine: a cold
 # torch.compile in process and then in the server's stub may not fit one 10-minute device command.
 IN_PROCESS_STATE = Path("/tmp/gpu_serving_in_process.npz")
-UNET_TIMINGS = Path("/tmp/unet_timings.jsonl")  # written by bench/timed_unet_model.py in the unet's stub
+# A Triton adapter, not importable outside a stub: copied, never imported here.
+TIMED_UNET_MODEL = Path(call_profiler.__file__).with_name("timed_unet_model.py")
+UNET_TIMINGS = Path("/tmp/unet_timings.jsonl")  # written by bench/diagnostics/timed_unet_model.py in the unet's stub
 
 
 def measure_in_process(args, export: ExportOptions, request, suffix: str = "") -> tuple[dict, np.ndarray]:
@@ -176,11 +157,13 @@ def measure_served(args, export: ExportOptions, request) -> tuple[dict, np.ndarr
 
 
 def use_timed_unet(repository: Path, timings: Path) -> None:
-    """Serves the repository's unet through bench/timed_unet_model.py, which writes to ``timings`` (and
+    """Serves the repository's unet through bench/diagnostics/timed_unet_model.py, which writes to ``timings`` (and
     ``timings``.prof.txt). Start the server after this: its stubs inherit the variable naming the file."""
     version = repository / "unet" / "1"
-    shutil.copyfile(Path(__file__).with_name("timed_unet_model.py"), version / "model.py")
-    shutil.copy(Path(__file__).with_name("call_profiler.py"), version)
+    # The stub imports model.py by its path; call_profiler.py beside it is found because Triton's python
+    # backend puts the version folder on sys.path (bench itself is not installed where the stub runs).
+    shutil.copyfile(TIMED_UNET_MODEL, version / "model.py")
+    shutil.copyfile(call_profiler.__file__, version / "call_profiler.py")
     timings.unlink(missing_ok=True)
     os.environ["OPENSPEEDY_UNET_TIMINGS"] = str(timings)
 
@@ -196,7 +179,7 @@ def medians(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/i2vgen_xl_full_random"))
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--requests", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--unet-compile-mode", default="", help="torch.compile mode of the UNet, served and in process")
@@ -205,23 +188,21 @@ def main() -> None:
     parser.add_argument("--in-process-after", action="store_true",
                         help="measure in process again after serving (the GPU's drift between the two)")
     parser.add_argument("--unet-timings", action="store_true",
-                        help="serve the unet through bench/timed_unet_model.py: where its time goes in the stub")
+                        help="serve the unet through bench/diagnostics/timed_unet_model.py: where its time goes "
+                             "in the stub")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print("numpy", np.__version__, "torch", torch.__version__, flush=True)
-    if not (args.checkpoint / "model_index.json").exists():
-        with torch.device(DEVICE):
-            build_checkpoint(args.checkpoint, FULL_SIZE, dtype=torch.float16)
+    ensure_checkpoint(args.checkpoint, smoke=False)
 
     request = video_request(args.steps)
     size = f"{request.num_frames}x{request.height}x{request.width}"
     export = ExportOptions(device="gpu", dtype="float16", unet_compile_mode=args.unet_compile_mode,
                            warmup_shapes=size if args.unet_compile_mode else "")
-    results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, numpy=np.__version__,
-                   date=datetime.date.today().isoformat(),
-                   note=f"full-size architecture, RANDOM fp16 weights; {size}; UNet "
-                        f"{'torch.compile ' + args.unet_compile_mode if args.unet_compile_mode else 'eager'}",
-                   steps=args.steps)
+    results = dict(device_description(
+                       note=f"full-size architecture, RANDOM fp16 weights; {size}; UNet "
+                            f"{'torch.compile ' + args.unet_compile_mode if args.unet_compile_mode else 'eager'}"),
+                   numpy=np.__version__, steps=args.steps)
 
     def save() -> None:
         (args.out / "gpu_serving.json").write_text(json.dumps(results, indent=2))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine: a Python environment whose numpy is 1.26 (the pytriton stub needs NumPy 1.x, see
 # gpu_serving.py), with the system's torch and transformers, the trimmed tritonserver from the
-# nvidia-pytriton wheel and tritonclient's Python code; then the served-vs-in-process benchmark, or
-# the script named by SCRIPT (bench/multi_gpu_serving.py on a machine of several GPUs).
+# nvidia-pytriton wheel and tritonclient's Python code; then the served-vs-in-process benchmark
+# (bench.gpu_serving), or the benchmark module named by MODULE (bench.multi_gpu_serving on a machine of
+# several GPUs). Run from the repository root.
 # Expects, in .whl/: numpy-1.26.4 (cp312), diffusers, importlib_metadata wheels, triton-py312.tar.xz
 # (pytriton/tritonserver + nvidia_pytriton.libs) and tritonclient-py.tar.xz.
 set -euo pipefail
@@ -32,4 +33,4 @@ export PATH=/tmp/venv/bin:$PATH PYTHONUNBUFFERED=1
 # What the Python backend stub will import, checked first (a failure here is clearer than in the stub).
 python -c 'import numpy, torch, transformers, openspeedy.components, openspeedy.pipeline, openspeedy.video
 print("numpy", numpy.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
-python "${SCRIPT:-bench/gpu_serving.py}" --out "$OUT" "$@"
+python -m "${MODULE:-bench.gpu_serving}" --out "$OUT" "$@"

@@ -3,30 +3,25 @@ orchestrators on every GPU, concurrent clients. Checks that every request succee
 component copies served requests, and that a seed gives the same video whichever GPU made it.
 
 Tiny architecture (the routing is what is tested, not speed). Runs under bench/gpu_serving.sh's
-environment: SCRIPT=bench/multi_gpu_serving.py bash bench/gpu_serving.sh OUT
+environment: MODULE=bench.multi_gpu_serving bash bench/gpu_serving.sh OUT
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpu_serving import model_statistics  # noqa: E402
-
-from openspeedy import contracts  # noqa: E402
-from openspeedy.client.api import Client  # noqa: E402
-from openspeedy.export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
-from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
-from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
+from bench.common import model_statistics
+from openspeedy import contracts
+from openspeedy.client.api import Client
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
+from openspeedy.server import ServerOptions, TritonServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "openspeedy" / "client" / "example.png"
 

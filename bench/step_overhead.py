@@ -6,7 +6,7 @@ Times videos of two step counts served (gRPC) and in process; the difference bet
 cancels the fixed costs (image decoding, encoders, VAE decoding, video transfer), leaving seconds per
 step on each side. Tiny model by default (runs on a CPU); any repository with --checkpoint/--device.
 
-Usage: python bench/step_overhead.py --out DIR [--steps 10,60] [--repeats 3]
+Usage: python -m bench.step_overhead --out DIR [--steps 10,60] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,22 +15,17 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpu_bench import client_options, run_openspeedy, video_request  # noqa: E402
-
-from openspeedy.client.api import Client  # noqa: E402
-from openspeedy.components import COMPONENT_CLASSES, load_component  # noqa: E402
-from openspeedy.export.random_checkpoint import build_tiny_checkpoint  # noqa: E402
-from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository  # noqa: E402
-from openspeedy.server import ServerOptions, TritonServer  # noqa: E402
+from bench.common import client_options, run_openspeedy, video_request
+from openspeedy.client.api import Client
+from openspeedy.components import COMPONENT_CLASSES, load_component
+from openspeedy.export.random_checkpoint import build_tiny_checkpoint
+from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
+from openspeedy.server import ServerOptions, TritonServer
 
 SIZE = (8, 64, 64)
 

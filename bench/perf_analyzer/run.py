@@ -28,7 +28,7 @@ A perf_analyzer detail worth knowing: for a BYTES input, ``{"b64": ...}`` must h
 BYTES tensor (each element as a 4-byte little-endian length and then its bytes), not the raw file:
 perf_analyzer sends the decoded bytes as the tensor's raw contents. ``serialized_bytes`` builds that.
 
-Usage: python bench/perf_analyzer/run.py --tiny [--protocols grpc,http,stream] [--concurrency 1,2,4]
+Usage: python -m bench.perf_analyzer.run --tiny [--protocols grpc,http,stream] [--concurrency 1,2,4]
 """
 
 from __future__ import annotations
@@ -171,6 +171,9 @@ def input_data(
             "TARGET_FPS": [target_fps],
             "SEED": [seed],
             "DECODE_CHUNK_SIZE": [decode_chunk_size],
+            # The opt-in approximations at their defaults (off): the exact video.
+            "GUIDANCE_INTERVAL": [0.0, 1.0],
+            "FEATURE_REUSE_INTERVAL": [1],
         })
     return {"data": data}
 
@@ -605,7 +608,6 @@ def main(argv: list[str] | None = None) -> int:
                     parser.error("--grpc-url needs --http-url")
                 urls = {"grpc": args.grpc_url, "http": args.http_url}
             else:
-                sys.path.insert(0, str(ROOT))
                 from openspeedy.server import ServerOptions, TritonServer
 
                 repository = args.repository

@@ -1,25 +1,20 @@
-"""The served UNet's timing adapter (bench/gpu_serving.py --unet-timings) records every call and changes
+"""The served UNet's timing adapter (python -m bench.gpu_serving --unet-timings) records every call and changes
 no result."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import ROOT, encode, free_port, random_image
-
-BENCH = ROOT / "bench"
+from tests.helpers import encode, free_port, random_image
 
 
 def test_timed_unet_model_records_every_call_and_changes_nothing(triton, tiny_repository, tmp_path, monkeypatch):
-    """bench/gpu_serving.py --unet-timings, through a real server: one timing line per UNet call, the
+    """bench.gpu_serving --unet-timings, through a real server: one timing line per UNet call, the
     profile of calls 60..62, and the video the production adapter serves."""
+    from bench import gpu_serving
     from openspeedy.client import Client
     from openspeedy.server import ServerOptions, TritonServer
-
-    sys.path.insert(0, str(BENCH))
-    import gpu_serving
 
     repository = tmp_path / "repository"
     shutil.copytree(tiny_repository, repository, symlinks=True)

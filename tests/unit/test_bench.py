@@ -1,6 +1,6 @@
-"""The GPU benchmarks' pieces, run on a CPU with the tiny architecture: the end-to-end script runs and
-agrees with the reference pipeline it compares against (tests/server checks the served UNet's timing
-adapter)."""
+"""The GPU benchmarks' pieces, run on a CPU with the tiny architecture as modules from the repository root:
+the end-to-end script runs and agrees with the reference pipeline it compares against, the UNet-call
+script counts FLOPs and times each variant (tests/server checks the served UNet's timing adapter)."""
 
 import json
 import subprocess
@@ -8,24 +8,33 @@ import sys
 
 from tests.helpers import ROOT
 
-BENCH = ROOT / "bench"
-SCRIPT = BENCH / "end_to_end.py"
+
+def run_module(module: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", module, "--smoke", *args], cwd=ROOT, check=True, capture_output=True,
+                   timeout=600)
 
 
 def test_end_to_end_benchmark_on_a_cpu(tmp_path):
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
-         "--sizes", "2x64x64,3x64x96", "--runtimes", "eager,eager-layout", "--steps", "2"],
-        check=True, capture_output=True, timeout=600,
-    )
+    run_module("bench.end_to_end", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
+               "--sizes", "2x64x64,3x64x96", "--peers", "diffusers", "--variants", "eager,eager-layout",
+               "--steps", "2")
     results = json.loads((tmp_path / "out" / "end_to_end.json").read_text())
     assert [(s["frames"], s["height"], s["width"]) for s in results["sizes"]] == [(2, 64, 64), (3, 64, 96)]
     for size in results["sizes"]:
-        assert size["flops"] > 0
         reference, eager, layout = size["pipelines"]
         assert reference["pipeline"] == "diffusers" and reference["seconds"] > 0
-        assert eager["pipeline"] == "openspeedy-eager" and eager["unet_ms"] > 0 and eager["unet_tflops"] > 0
+        assert eager["pipeline"] == "openspeedy-eager" and eager["speedup_vs_diffusers"] > 0
         # float32 on a CPU: OpenSpeedy's denoising is the reference's arithmetic, step for step; the VAE
         # decodes several frames per call where the reference decodes one, which can move a rounding
         assert eager["latents_relative_l2"] == 0.0 and eager["max_abs_uint8"] <= 1 and eager["relative_l2"] < 1e-3
         assert layout["pipeline"] == "openspeedy-eager-layout" and layout["latents_relative_l2"] < 1e-5
+
+
+def test_unet_calls_benchmark_on_a_cpu(tmp_path):
+    run_module("bench.unet_calls", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
+               "--size", "2x64x64", "--variants", "eager,eager-layout")
+    results = json.loads((tmp_path / "out" / "unet_calls.json").read_text())
+    assert results["flops"] > 0
+    eager, layout = results["calls"]
+    assert eager["variant"] == "eager" and eager["ms"] > 0 and eager["tflops"] > 0
+    assert layout["variant"] == "eager-layout" and layout["relative_l2_vs_eager"] < 1e-5

@@ -4,25 +4,12 @@ against the tiny repository).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
-
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("perf_harness", ROOT / "bench" / "perf_analyzer" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+from bench.perf_analyzer import run as harness
 
 SETTINGS = dict(num_frames=2, height=32, width=32, num_inference_steps=2, guidance_scale=9.0, seed=1)
 

@@ -1,6 +1,6 @@
 """Profiles chosen calls of a function with cProfile (the CPU side, in Python) and torch.profiler (each
-CUDA kernel's time), for the served UNet (bench/timed_unet_model.py) and the same UNet in process
-(bench/gpu_serving.py), so the two reports can be set side by side."""
+CUDA kernel's time), for the served UNet (bench/diagnostics/timed_unet_model.py) and the same UNet in
+process (bench/gpu_serving.py), so the two reports can be set side by side."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Benchmark-only Triton adapter for `unet` (bench/gpu_serving.py --unet-timings copies it over the
+"""Benchmark-only Triton adapter for `unet` (python -m bench.gpu_serving --unet-timings copies it over the
 repository's unet/1/model.py): the production adapter, plus where each request's time goes inside the stub.
 
 Nsight Systems cannot write a report on the GPU machine, so the stub times itself. Per request, one JSON
@@ -9,22 +9,21 @@ line in $OPENSPEEDY_UNET_TIMINGS:
 - gpu_execute_ms: on the GPU, from execute's entry to the forward's last kernel. Against cpu_forward_ms
   and Triton's compute_output it tells the GPU's own time from waiting on the CPU and from handing the
   output back.
-Requests PROFILED_CALLS are profiled (bench/call_profiler.py, copied beside this file); the report goes to
+Requests PROFILED_CALLS are profiled (bench/diagnostics/call_profiler.py, copied beside this file); the report goes to
 $OPENSPEEDY_UNET_TIMINGS.prof.txt.
 """
 
 import json
 import os
-import sys
 import time
 
 import torch
 
+# Beside this file in the model's version folder, which Triton's python backend puts on sys.path.
+from call_profiler import PROFILED_CALLS, CallProfiler
+
 from openspeedy.serving import component_model as adapter
 from openspeedy.serving.component_model import component_model
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from call_profiler import PROFILED_CALLS, CallProfiler  # noqa: E402
 
 PRODUCTION = component_model("unet")
 

@@ -1,0 +1,303 @@
+"""bench/results/README.md, regenerated from the result files beside it: per JSON file a table naming the
+device, driver, torch version, date and note, then its key numbers. The prose that explains the results
+is bench/results_template.md; ``{{ NAME.json }}`` there stands for that file's tables. A JSON file the
+template does not name is appended at the end, so a new result always shows up.
+
+Usage: python -m bench.results_table [--check]   (make results). --check: exit 1 where README.md is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TEMPLATE = Path(__file__).resolve().with_name("results_template.md")
+README = RESULTS / "README.md"
+PLACEHOLDER = re.compile(r"\{\{\s*([\w.+-]+\.json)\s*\}\}")
+MISSING = "-"
+
+
+def number(value: Any, digits: int = 3) -> str:
+    """A cell: floats to ``digits`` significant digits (small ones in e-notation), the rest as text."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-2:
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    return str(value)
+
+
+def gigabytes(value: Any) -> str:
+    return MISSING if value is None else f"{value / 1e9:.2f}"
+
+
+def milliseconds(value: Any) -> str:
+    return MISSING if value is None else f"{value * 1e3:.1f}"
+
+
+def percent(value: Any) -> str:
+    return MISSING if value is None else f"{value * 100:+.1f}%"
+
+
+def compact(value: Any) -> str:
+    """JSON with floats to 4 significant digits (float32 inputs read back as 0.6000000238418579)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(compact(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {compact(item)}" for key, item in value.items()) + "}"
+    return json.dumps(value)
+
+
+def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell if isinstance(cell, str) else number(cell) for cell in row) + " |"
+              for row in rows]
+    return "\n".join(lines)
+
+
+def device(data: dict) -> str:
+    if "gpus" in data:
+        return ", ".join(data["gpus"])
+    found = data.get("gpu") or data.get("device") or data.get("machine") or MISSING
+    if isinstance(found, dict):  # perf_analyzer's report
+        return f"{found.get('cpu', MISSING)}, {found.get('cpu_count', '?')} cores"
+    return found
+
+
+def description(data: dict) -> str:
+    """What every result names: device, driver, torch, date, and what the weights or the workload are."""
+    note = data.get("note") or "; ".join(filter(None, (data.get("model"), data.get("workload")))) or MISSING
+    if isinstance(data.get("notes"), list) and data["notes"]:
+        note = " ".join(data["notes"])
+    row = [device(data), data.get("driver", MISSING), data.get("torch", MISSING), data.get("date", MISSING),
+           note.replace("|", "/")]
+    return table(("device", "driver", "torch", "date", "note"), [row])
+
+
+# ---------------------------------------------------------------------------------------- per kind of file
+
+
+def end_to_end(data: dict) -> list[str]:
+    parts = [f"{data.get('steps', '?')} steps; variants: "
+             + ", ".join(f"`{name}` {compact(options)}" for name, options in data.get("variants", {}).items())
+             + ("; modes: " + ", ".join(f"`{name}` {compact(inputs)}" for name, inputs in data["modes"].items())
+                if data.get("modes") else "")]
+    for size in data["sizes"]:
+        rows = [[row["pipeline"], row["seconds"], row.get("speedup_vs_diffusers"),
+                 row.get("speedup_vs_diffusers-compile"), row.get("relative_l2"), row.get("relative_l2_vs_exact"),
+                 gigabytes(row.get("peak_bytes")), row.get("load_and_warmup_s")] for row in size["pipelines"]]
+        parts.append(f"{size['frames']} x {size['height']}x{size['width']}:\n\n" + table(
+            ("pipeline", "seconds", "speed-up vs diffusers", "vs diffusers-compile", "video rel. L2 vs diffusers",
+             "rel. L2 vs exact", "peak GB", "load + warm-up s"), rows))
+    return parts
+
+
+def unet_calls(data: dict) -> list[str]:
+    parts = [f"One CFG call (batch {data.get('batch', 2)}), {data['frames']} frames {data['height']}x{data['width']}, "
+             f"{data.get('dtype', 'float16')}; {data['flops'] / 1e12:.2f} TFLOP per call (FlopCounterMode)."]
+    parts.append(table(("variant", "ms / call", "TFLOP/s", "rel. L2 vs eager", "load + first call s", "peak GB"),
+                       [[row["variant"], row["ms"], row["tflops"], row.get("relative_l2_vs_eager"),
+                         row["load_and_first_call_s"], gigabytes(row.get("peak_bytes"))] for row in data["calls"]]))
+    if data.get("feature_reuse"):
+        parts.append("Feature reuse (shallow path against the full one that keeps its deep features):\n\n" + table(
+            ("variant", "full ms", "shallow ms", "shallow / full", "full rel. L2 vs eager",
+             "shallow rel. L2 vs same step", "compile + capture s"),
+            [[row["variant"], row["full_with_features_ms"], row["shallow_ms"], row["shallow_fraction"],
+              row["full_relative_l2_vs_eager"], row["shallow_same_step_relative_l2"], row["compile_and_capture_s"]]
+             for row in data["feature_reuse"]]))
+    if data.get("temporal_attention"):
+        parts.append("Temporal attention at the UNet's shapes (head size 64): the kernel against SDPA's backends:\n\n"
+                     + table(("sequences x tokens x heads", "kernel ms", "kernel rel. L2", "sdpa cuDNN ms",
+                              "sdpa flash ms", "sdpa efficient ms"),
+                             [[f"{row['sequences']} x {row['tokens']} x {row['heads']}", row["kernel_ms"],
+                               row["kernel_relative_l2"], row["sdpa_cudnn_ms"], row["sdpa_flash_ms"],
+                               row["sdpa_efficient_ms"]] for row in data["temporal_attention"]]))
+    return parts
+
+
+def unet_speed(data: dict) -> list[str]:
+    """The retired per-variant script's files (history; bench/unet_calls.py measures this now)."""
+    parts = [table(("variant", "ms / call", "TFLOP/s", "error vs eager", "load + first call s"),
+                   [[row["variant"], row.get("ms"), row.get("tflops"), row.get("relative_error_vs_eager"),
+                     row.get("load_and_first_call_s")] for row in data["variants"]])]
+    if data.get("end_to_end"):
+        reference = data.get("reference", {})
+        parts.append(f"Whole videos, {reference.get('steps', '?')} steps; diffusers eager "
+                     f"{number(reference.get('seconds'))} s:\n\n" + table(
+                         ("OpenSpeedy variant", "seconds", "speed-up", "video rel. L2", "latents rel. L2", "peak GB"),
+                         [[row["variant"], row["seconds"], row["speedup"], row["relative_l2"],
+                           row["latents_relative_l2"], gigabytes(row["peak_bytes"])] for row in data["end_to_end"]]))
+    return parts
+
+
+def gpu_bench(data: dict) -> list[str]:
+    """The former gpu_bench.py's file (bench/decode_and_encode.py writes its first two parts now)."""
+    parts = decode_and_encode(data)
+    if "unet" in data:
+        unet = data["unet"]
+        parts.append(table(("UNet call", "flops (TFLOP)", "eager ms", "eager TFLOP/s"),
+                           [[f"{unet['frames']} x {unet['height']}x{unet['width']}, batch {unet['batch']}",
+                             unet["flops"] / 1e12, unet["eager_ms"], unet["eager_tflops"]]]))
+    if "end_to_end" in data:
+        video = data["end_to_end"]
+        parts.append(table(("whole video", "OpenSpeedy s", "diffusers s", "video rel. L2", "latents rel. L2"),
+                           [[f"{video['frames']} x {video['height']}x{video['width']}, {video['steps']} steps",
+                             video["openspeedy_s"], video["reference_s"], video["relative_l2"],
+                             video["latents_relative_l2"]]]))
+    return parts
+
+
+def decode_and_encode(data: dict) -> list[str]:
+    rows = []
+    for row in data["vae_decode"]:
+        video = f"{row['frames']} x {row['height']}x{row['width']}"
+        if "auto_chunk" in row:
+            cost = row["measured_cost"]
+            rows.append([video, f"measured cost: {gigabytes(cost['fixed'])} GB + {gigabytes(cost['per_frame'])} "
+                         f"GB / frame; budget {gigabytes(row['budget'])} GB", "", ""])
+        elif "error" in row:
+            rows.append([video, str(row["chunk"]), "error", row["error"][:60]])
+        else:
+            chunk = "all at once" if row["chunk"] == row["frames"] else str(row["chunk"])
+            rows.append([video, chunk, row["seconds"], gigabytes(row["peak_bytes"])])
+    parts = ["VAE decoding by chunk size:\n\n" + table(("video", "chunk", "seconds", "peak GB"), rows)]
+    parts.append("What a latent-cache hit skips:\n\n" + table(
+        ("image", "image encoder ms", "VAE encoder ms", "saved per hit ms"),
+        [[f"{row['height']}x{row['width']}", milliseconds(row["image_encoder_s"]), milliseconds(row["vae_encoder_s"]),
+          milliseconds(row["saved_per_hit_s"])] for row in data["image_work"]]))
+    return parts
+
+
+def gpu_serving(data: dict) -> list[str]:
+    keys = [("in process s", "in_process_s"), ("in process after serving s", "in_process_s_after_serving"),
+            ("in process, synchronized per UNet call s", "in_process_synchronized_per_step_s"),
+            ("through Triton s", "served_s"), ("overhead vs in process", "overhead"),
+            ("served denoising step s", "served_denoising_step_s"), ("Triton's unet call ms", "served_unet_call_ms"),
+            ("served video = in-process video", "served_equals_in_process"),
+            ("max uint8 difference", "max_abs_uint8_served_vs_in_process")]
+    parts = [table(("", "value"), [[label, percent(data[key]) if key == "overhead" else data[key]]
+                                   for label, key in keys if key in data])]
+    medians = [(side, data[key]) for side, key in (("in process", "in_process_unet_median_ms"),
+                                                   ("served stub", "served_unet_stub_median_ms")) if key in data]
+    if medians:
+        names = sorted({name for _, values in medians for name in values})
+        parts.append("Per UNet call, medians (ms):\n\n" + table(
+            ["", *names], [[side, *(values.get(name) for name in names)] for side, values in medians]))
+    return parts
+
+
+def cache(data: dict) -> list[str]:
+    return [table(("", "request s", "image work ms"),
+                  [["cache off", data["cache_off"]["request_s"], milliseconds(data["cache_off"]["image_work_s"])],
+                   ["cache on", data["cache_on"]["request_s"], milliseconds(data["cache_on"]["image_work_s"])],
+                   ["saved per request", f"{milliseconds(data['saved_per_request_s'])} ms "
+                    f"({data['saved_fraction'] * 100:.1f}%)", ""]])]
+
+
+def step_overhead(data: dict) -> list[str]:
+    return [f"{data['model']}, {data['size']}, videos of {' and '.join(map(str, data['steps']))} steps:\n\n"
+            + table(("ms per step in process", "served", "overhead per step"),
+                    [[data["in_process_step_ms"], data["served_step_ms"], data["overhead_per_step_ms"]]])]
+
+
+def multi_gpu(data: dict) -> list[str]:
+    return [table(("requests", "same seed, same video", "every GPU's copies served"),
+                  [[data["requests"], data["same_seed_same_video"], data["every_gpu_served"]]]),
+            table(("model", "requests"), sorted(data["requests_per_model"].items()))]
+
+
+def perf_analyzer(data: dict) -> list[str]:
+    rows = [[run["protocol"], run["concurrency"], run["csv"]["Inferences/Second"],
+             *(run["csv"][f"{which} latency"] / 1e3 for which in ("Avg", "p50", "p99"))]
+            for run in data["runs"] if "csv" in run]
+    return [f"perf_analyzer sweep, report: [{data['name']}.md]({data['name']}.md)\n\n"
+            + table(("protocol", "concurrency", "infer/s", "avg ms", "p50 ms", "p99 ms"), rows)]
+
+
+def cudnn_probe(data: dict) -> list[str]:
+    """The retired cuDNN attention probe's file: per process kind, cuDNN's version or why it failed."""
+    rows = []
+    for variant, result in data.items():
+        if "error" in result:
+            last = [line for line in result["error"].splitlines() if line.strip()][-1]
+            rows.append([variant, "failed", last[:160].replace("|", "/")])
+        else:
+            timings = [f"{key}: {sum(kernels.values()):.0f} µs" for key, kernels in result.items()
+                       if "/" in key and isinstance(kernels, dict)]
+            rows.append([variant, str(result.get("cudnn_version", MISSING)), "; ".join(timings)])
+    return [table(("process", "cuDNN", "SDPA per call, or the error"), rows)]
+
+
+def in_process_synchronized(data: dict) -> list[str]:
+    return [table(("in process s", "synchronized per UNet call s"),
+                  [[data["in_process_s"], data["in_process_synchronized_per_step_s"]]])]
+
+
+# First matching pattern wins.
+RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
+    ("end_to_end*.json", end_to_end),
+    ("unet_calls*.json", unet_calls),
+    ("unet_speed*.json", unet_speed),
+    ("gpu_bench*.json", gpu_bench),
+    ("decode_and_encode*.json", decode_and_encode),
+    ("gpu_serving*.json", gpu_serving),
+    ("in_process_synchronized*.json", in_process_synchronized),
+    ("cache_*.json", cache),
+    ("step_overhead*.json", step_overhead),
+    ("multi_gpu_serving*.json", multi_gpu),
+    ("perf_analyzer*.json", perf_analyzer),
+    ("cudnn_attention_probe*.json", cudnn_probe),
+]
+
+
+def render_file(path: Path) -> str:
+    data = json.loads(path.read_text())
+    renderer = next((render for pattern, render in RENDERERS if fnmatch.fnmatch(path.name, pattern)), None)
+    if renderer is None:
+        raise ValueError(f"{path.name}: no table for this result file; add a renderer to bench/results_table.py")
+    return "\n\n".join([f"`{path.name}`:", description(data), *renderer(data)])
+
+
+def render(results: Path = RESULTS, template: Path = TEMPLATE) -> str:
+    text = template.read_text()
+    named = set(PLACEHOLDER.findall(text))
+    present = {path.name for path in results.glob("*.json")}
+    if named - present:
+        raise ValueError(f"the template names result files that are not there: {sorted(named - present)}")
+    text = PLACEHOLDER.sub(lambda match: render_file(results / match.group(1)), text)
+    others = sorted(present - named)
+    if others:
+        text = text.rstrip("\n") + "\n\n## Other result files\n\n" + "\n\n".join(
+            render_file(results / name) for name in others) + "\n"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true", help="exit 1 where README.md differs from the JSON")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if README.read_text() != text:
+            print(f"{README} is stale: run python -m bench.results_table", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(text)
+    print(f"wrote {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
