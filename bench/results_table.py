@@ -212,6 +212,15 @@ def step_overhead(data: dict) -> list[str]:
                     [[data["in_process_step_ms"], data["served_step_ms"], data["overhead_per_step_ms"]]])]
 
 
+def startup(data: dict) -> list[str]:
+    rows = [[start["run"], start["cache_files_before"], f"{start['ready_s']:.1f}"] for start in data["starts"]]
+    lines = [f"`{data['variant']}` UNet at {data['shape']}:\n\n"
+             + table(("start", "files in --cache-dir before", "ready s"), rows)]
+    if data.get("finding"):
+        lines.append(data["finding"])
+    return lines
+
+
 def multi_gpu(data: dict) -> list[str]:
     return [table(("requests", "same seed, same video", "every GPU's copies served"),
                   [[data["requests"], data["same_seed_same_video"], data["every_gpu_served"]]]),
@@ -249,6 +258,7 @@ def in_process_synchronized(data: dict) -> list[str]:
 RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("end_to_end*.json", end_to_end),
     ("unet_calls*.json", unet_calls),
+    ("startup*.json", startup),
     ("unet_speed*.json", unet_speed),
     ("gpu_bench*.json", gpu_bench),
     ("decode_and_encode*.json", decode_and_encode),
