@@ -171,7 +171,8 @@ class UNet:
             paths |= {name: torch.compile(paths[name], mode=mode, dynamic=False) for name in ("full", "shallow")}
         self.paths = {name: self._in_contract_precision(fn) for name, fn in paths.items()}
         if flag(options, "cuda_graphs") and device.type == "cuda":
-            self.paths = {name: GraphedCallable(fn) for name, fn in self.paths.items()}
+            limit = int(options.get("max_cuda_graphs", 4))  # per path; later shapes run without a graph
+            self.paths = {name: GraphedCallable(fn, max_graphs=limit) for name, fn in self.paths.items()}
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
             inputs = example_inputs(self.contract, self.sizes(frames, height, width), device=self.device)
             self.infer(inputs)

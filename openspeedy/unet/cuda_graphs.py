@@ -8,7 +8,8 @@ warm-up, which compiles and tunes) and replaying it leaves one copy per input an
 
 Each graph keeps static input buffers and its own memory pool (the activations of one forward, about
 the UNet's eager peak); the call copies its inputs in and returns clones of the outputs, so the next
-replay cannot overwrite what a caller holds. Shapes never captured run ``fn`` directly.
+replay cannot overwrite what a caller holds. Shapes never captured run ``fn`` directly, and so does every
+shape past ``max_graphs``: requests choose their sizes, and each graph holds gigabytes.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class _Captured:
 class GraphedCallable:
     """``fn(*tensors) -> tuple of tensors`` replayed from a CUDA graph captured per input signature."""
 
-    def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], warmup_calls: int = 2):
+    def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], warmup_calls: int = 2, max_graphs: int = 4):
         self.fn = fn
         self.warmup_calls = warmup_calls
+        self.max_graphs = max_graphs
         self.graphs: dict[Signature, _Captured] = {}
 
     @staticmethod
@@ -43,7 +45,7 @@ class GraphedCallable:
     def capture(self, *tensors: torch.Tensor) -> None:
         """Warms ``fn`` up on these inputs' shapes (compiling it, where it compiles), then captures it."""
         key = self.signature(tensors)
-        if key in self.graphs:
+        if key in self.graphs or len(self.graphs) >= self.max_graphs:
             return
         static = tuple(t.detach().clone() for t in tensors)
         # Warm-up on a side stream, as torch.cuda.graphs asks: lazy initialisation and cuDNN's and

@@ -134,6 +134,16 @@ def test_graphed_callable_replays_the_function():
 
 
 @pytest.mark.gpu
+def test_graphs_are_bounded_in_number():
+    graphed = GraphedCallable(lambda x: (x * 2,), max_graphs=2)
+    for rows in (1, 2, 3, 4):
+        x = torch.randn(rows, 8, device="cuda")
+        graphed.capture(x)
+        torch.testing.assert_close(graphed(x)[0], x * 2)
+    assert len(graphed.graphs) == 2
+
+
+@pytest.mark.gpu
 def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint):
     from openspeedy.unet.variants import TORCH_VARIANTS
 
