@@ -65,7 +65,7 @@ class GenerationError(RuntimeError):
         self.input_name = named_input(message)
         self.after_step = after_step
         if self.retryable and "retry" not in message:
-            message = f"server unavailable (busy or restarting), retry later: {message}"
+            message = f"server unavailable (busy, restarting or not reachable), retry later: {message}"
         super().__init__(message)
 
 
@@ -250,6 +250,7 @@ class Client:
             self._client = triton.InferenceServerClient(self.url, connection_timeout=timeout_s or 60.0,
                                                         network_timeout=timeout_s or 3600.0)
         self._triton = triton
+        self._outputs: dict[str, set[str]] = {}
 
     def close(self) -> None:
         self._client.close()
@@ -279,6 +280,20 @@ class Client:
             config = self._client.get_model_config(model)
         # gRPC's JSON leaves out empty strings: a parameter set to "" arrives as {}.
         return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+    def _served_outputs(self, model: str, wanted) -> list[str]:
+        """The outputs of ``wanted`` that ``model`` has: any entry model can be named (--model), and one
+        without PROGRESS or CACHE_HIT (a plain or an older one) refuses a request that asks for them."""
+        from tritonclient.utils import InferenceServerException
+
+        if model not in self._outputs:
+            try:
+                metadata = (self._client.get_model_metadata(model, as_json=True) if self.protocol == "grpc"
+                            else self._client.get_model_metadata(model))
+            except InferenceServerException as error:
+                raise _error(error) from None
+            self._outputs[model] = {output["name"] for output in metadata.get("outputs", [])}
+        return [name for name in wanted if name in self._outputs[model]]
 
     def _inputs(self, arrays: dict[str, np.ndarray]) -> list:
         from tritonclient.utils import np_to_triton_dtype
@@ -310,6 +325,7 @@ class Client:
         from tritonclient.utils import InferenceServerException
 
         wait.check()
+        outputs = self._served_outputs(model, outputs)
         if self.protocol == "http":
             requested = [self._triton.InferRequestedOutput(name, binary_data=True) for name in outputs]
             try:
@@ -391,6 +407,7 @@ class Client:
     def _stream_once(self, model: str, arrays: dict[str, np.ndarray], wanted: list[str], priority: int,
                      on_progress: Callable[[int, int], None] | None, wait: _Wait) -> Video:
         wait.check()
+        wanted = self._served_outputs(model, wanted)
         events: queue.Queue = queue.Queue()
         self._client.start_stream(callback=lambda result, error: events.put((result, error)))
         finished = False

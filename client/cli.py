@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _say_retry(attempt: int, wait_s: float, error: GenerationError) -> None:
-    print(f"server busy (attempt {attempt}), retrying in {wait_s:.1f} s: {error}", file=sys.stderr)
+    print(f"attempt {attempt} refused, retrying in {wait_s:.1f} s: {error}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

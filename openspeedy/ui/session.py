@@ -172,8 +172,7 @@ class Generations:
             client.model_parameters(client.stream_model).get("default_target_fps", 16))
         gif.write_bytes(encode_gif(video.frames, fps))
         frames, height, width = video.frames.shape[:3]
-        note = " Image encodings from the cache." if video.cache_hit else ""
-        return Update(status=f"Done: {frames} frames of {width}x{height}.{note}", mp4=mp4, gif=gif,
+        return Update(status=f"Done: {frames} frames of {width}x{height}.", mp4=mp4, gif=gif,
                       cache_hit=bool(video.cache_hit), done=True)
 
     def _failed(self, error: Exception, client: Client) -> Update:
