@@ -64,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Client(args.url, args.protocol, timeout_s=args.timeout, retry=retry, on_retry=_say_retry) as client:
             if stream:
-                bar = tqdm(desc="denoising", unit="step", file=sys.stderr)
 
                 def progress(done: int, total: int) -> None:
-                    bar.total = total
+                    nonlocal bar
+                    if bar is None:  # from the first step on: retry messages before it keep their own lines
+                        bar = tqdm(desc="denoising", unit="step", total=total, file=sys.stderr)
                     bar.update(done - bar.n)
 
                 video = client.generate_stream(args.image, args.prompt, on_progress=progress, **wanted, **options)
-                bar.close()
+                _close(bar)
             else:
                 video = client.generate(args.image, args.prompt, **wanted, **options)
             fps = args.target_fps or int(client.model_parameters(args.model).get("default_target_fps", 16))
