@@ -3,11 +3,13 @@ against a real tritonserver on the tiny repository."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from serving_checks import LogTail, in_flight, wait_until
@@ -25,14 +27,13 @@ TRITON_LOG = "build/test-logs/triton.log"  # the session server's (tests/conftes
 DONE = "() => document.querySelector('#status')?.innerText.startsWith('Done')"
 
 
-@pytest.fixture(scope="module")
-def ui(triton, tmp_path_factory):
-    """`openspeedy ui` as a user starts it, on a free port, a client of the session's server."""
+@contextlib.contextmanager
+def openspeedy_ui(server_url: str, log: Path):
+    """`openspeedy ui` as a user starts it, on a free port, a client of the server at ``server_url``."""
     port = free_port()
-    log = tmp_path_factory.mktemp("ui") / "ui.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "openspeedy.cli", "ui", "--port", str(port), "--server", triton.grpc_url],
+            [sys.executable, "-m", "openspeedy.cli", "ui", "--port", str(port), "--server", server_url],
             stdout=output, stderr=subprocess.STDOUT, env=os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"},
         )
     url = f"http://127.0.0.1:{port}/"
@@ -45,10 +46,18 @@ def ui(triton, tmp_path_factory):
         except OSError:
             return False
 
-    wait_until(answers, 120, "the UI to answer", every=0.5)
-    yield url
-    process.terminate()
-    process.wait(30)
+    try:
+        wait_until(answers, 120, "the UI to answer", every=0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def ui(triton, tmp_path_factory):
+    with openspeedy_ui(triton.grpc_url, tmp_path_factory.mktemp("ui") / "ui.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +167,23 @@ def test_cancel_stops_the_server_within_a_step(page, triton):
         f"Cancelled after step {stopped}" in page.inner_text("#status")
     wait_until(lambda: in_flight(triton) == 0, 15, "the in-flight gauge to drop to 0")
     assert not page.locator("#download-mp4").is_visible()
+
+
+def test_a_server_that_is_not_reachable_is_said_beside_the_server_field(browser, tmp_path):
+    nobody = f"127.0.0.1:{free_port()}"
+    with openspeedy_ui(nobody, tmp_path / "ui.log") as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#generate")
+        fill(page, num_frames=2, height=64, width=64, num_inference_steps=2)
+        page.click("#generate")
+        error = page.locator("#error-server")
+        error.wait_for(state="visible")
+        # first the retries of the refused connection, then the verdict
+        page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('not reachable')")
+        assert error.inner_text() == f"not reachable at {nobody}: is openspeedy serve running?"  # `...` as code
+        assert not page.locator("#error-height").is_visible()
+        page.close()
 
 
 def test_tabs_each_get_their_own_progress_and_result(browser, ui):
