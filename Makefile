@@ -10,7 +10,7 @@ HELM := $(TOOLS)/helm/helm
 TOOLS_VENV := $(TOOLS)/venv
 SYSTEM_DEPS := $(TOOLS)/.system-deps
 
-.PHONY: install demo lint configs test test-unit test-server test-integration test-deploy serve repository \
+.PHONY: install demo lint configs test test-unit test-server test-integration test-deploy serve ui repository \
 	deploy-tools system-deps bench-cpu results clean
 
 # One pinned set of packages, verified together (requirements/lock.txt), then the package itself.
@@ -36,17 +36,23 @@ repository: $(INSTALLED)
 demo: $(INSTALLED)
 	$(VENV)/bin/openspeedy demo --out out/demo.mp4
 
+ui: $(INSTALLED)
+	$(VENV)/bin/openspeedy ui
+
 serve: $(INSTALLED)
 	$(VENV)/bin/openspeedy serve
 
 # Servers and libraries the tests start or load: redis-server (shared cache), prometheus (scrapes
-# Triton's metrics), libb64 (perf_analyzer). Installed with apt when missing (CI runs as root).
+# Triton's metrics), libb64 (perf_analyzer), chromium (the web UI's browser tests drive Debian's
+# build through Playwright: Playwright's own browser download cannot work offline). Installed with apt
+# when missing (CI runs as root).
 $(SYSTEM_DEPS):
 	mkdir -p $(TOOLS)
 	missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	ldconfig -p | grep -q libb64.so.0d || missing="$$missing libb64-0d"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi

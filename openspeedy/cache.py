@@ -251,9 +251,10 @@ class EncodingCaches:
     def prompt_key(self, text: str) -> str:
         return f"{self.KEY_PREFIX}:prompt:" + _digest(self.settings.prompt_fingerprint, text)
 
-    def lookup(self, cache: str, key: str, compute: Callable[[], Entry], device: torch.device) -> Entry:
+    def lookup(self, cache: str, key: str, compute: Callable[[], Entry], device: torch.device) -> tuple[Entry, bool]:
+        """The entry, and whether it came from a cache (local or shared) instead of ``compute``."""
         if not self.settings.enabled:
-            return compute()
+            return compute(), False
         local = self.local[cache]
         entry = local.get(key)
         if entry is None and self.shared is not None:
@@ -263,13 +264,13 @@ class EncodingCaches:
                 local.put(key, entry)
         if entry is not None:
             self.metrics.hit(cache)
-            return entry
+            return entry, True
         self.metrics.miss(cache)
         entry = compute()
         local.put(key, entry)
         if self.shared is not None:
             self.shared.put(cache, key, entry)
-        return entry
+        return entry, False
 
 
 def fingerprint_files(*folders) -> str:

@@ -1,4 +1,4 @@
-"""The ``openspeedy`` command: ``serve``, ``demo``, ``probe``, ``generate`` and ``export``."""
+"""The ``openspeedy`` command: ``serve``, ``demo``, ``probe``, ``generate``, ``ui`` and ``export``."""
 
 from __future__ import annotations
 
@@ -79,16 +79,15 @@ def _env(name: str, default, kind=str):
 
 def _demo(args: argparse.Namespace) -> int:
     """Serves the tiny model, generates a video from the bundled example image, checks and writes it."""
-    from openspeedy import client as client_package
-    from openspeedy.client import Client
+    from openspeedy.client import Client, example_image
     from openspeedy.server import TritonServer
     from openspeedy.video import decode_video
 
     request = dict(num_frames=16, height=128, width=192, num_inference_steps=20, seed=0)
     with TritonServer(_server_options(args), log_path=Path("out/demo-server.log")) as server:
         with Client(server.grpc_url) as client:
-            video = client.generate(Path(client_package.__file__).parent / "example.png",
-                                    "a lighthouse by the sea, waves rolling in", frames=False, mp4=True, **request)
+            video = client.generate(example_image(), "a lighthouse by the sea, waves rolling in", frames=False,
+                                    mp4=True, **request)
     frames = decode_video(video.mp4)
     expected = (request["num_frames"], request["height"], request["width"], 3)
     if frames.shape != expected:
@@ -97,6 +96,8 @@ def _demo(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(video.mp4)
     print(f"wrote {args.out}: {expected[0]} frames of {expected[2]}x{expected[1]}")
+    print("To try it in a browser: `openspeedy serve` in one terminal, `openspeedy ui` in another "
+          "(needs the ui extra: pip install 'openspeedy[ui]'), then open http://127.0.0.1:7860")
     return 0
 
 
@@ -142,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.add_arguments(generate)
     export = commands.add_parser("export", help="build a model repository from a checkpoint")
     export_cli.add_arguments(export)
+    from openspeedy.ui import app as ui_app  # Gradio itself is imported only by `openspeedy ui`
+
+    ui = commands.add_parser("ui", help="the web UI (Gradio) on 127.0.0.1:7860, a client of a running server")
+    ui_app.add_arguments(ui)
     return parser
 
 
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from openspeedy import probe as probe_cli
     from openspeedy.client import cli as client_cli
     from openspeedy.export import __main__ as export_cli
+    from openspeedy.ui import app as ui_app
 
     argv = list(sys.argv[1:] if argv is None else argv)
     triton_args: list[str] = []
@@ -165,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return probe_cli.run(args)
     if args.command == "generate":
         return client_cli.run(args)
+    if args.command == "ui":
+        return ui_app.run(args)
     print(export_cli.run(args))
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 # Triton datatype name -> numpy dtype. BYTES travel as numpy object arrays of ``bytes``.
 _NUMPY_DTYPES = {
     "BYTES": np.object_,
+    "BOOL": np.bool_,
     "UINT8": np.uint8,
     "INT32": np.int32,
     "INT64": np.int64,
@@ -204,11 +205,17 @@ _ENTRY_INPUTS = (
 _VIDEO = TensorSpec("VIDEO", "UINT8", ("frames", "height", "width", 3), description="[F, H, W, 3] RGB frames")
 _VIDEO_MP4 = TensorSpec("VIDEO_MP4", "BYTES", (1,), description="H.264 MP4, computed only when requested")
 
+_CACHE_HIT = TensorSpec(
+    "CACHE_HIT", "BOOL", (1,),
+    description="true when the image's encodings (CLIP embedding, VAE posterior) came from the encoding cache",
+)
 _PROGRESS = TensorSpec("PROGRESS", "INT32", (2,), description="(steps done, total steps), one response per step")
 
-I2VGEN_XL = ModelContract(name="i2vgen_xl", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4))
+I2VGEN_XL = ModelContract(name="i2vgen_xl", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT))
+# The stream model sends CACHE_HIT with the video, in its final response.
 I2VGEN_XL_STREAM = ModelContract(
-    name="i2vgen_xl_stream", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4, _PROGRESS), decoupled=True
+    name="i2vgen_xl_stream", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT, _PROGRESS),
+    decoupled=True,
 )
 
 COMPONENTS = (TEXT_ENCODER, IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)

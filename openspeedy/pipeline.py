@@ -70,9 +70,9 @@ class I2VGenXL:
     def _call(self, contract: ModelContract, output: str, **inputs: Any) -> torch.Tensor:
         return self.call_model(contract, inputs)[output].to(self.device)
 
-    def _cached(self, cache: str, key: Callable[[], str], compute: Callable[[], Entry]) -> Entry:
+    def _cached(self, cache: str, key: Callable[[], str], compute: Callable[[], Entry]) -> tuple[Entry, bool]:
         if self.caches is None:
-            return compute()
+            return compute(), False
         return self.caches.lookup(cache, key(), compute, self.device)
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
@@ -83,10 +83,11 @@ class I2VGenXL:
             "prompt",
             lambda: self.caches.prompt_key(prompt),
             lambda: {"embeds": self._call(contracts.TEXT_ENCODER, "PROMPT_EMBEDS", PROMPT=text)},
-        )["embeds"]
+        )[0]["embeds"]
 
-    def encode_image(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image-only work: CLIP embedding of the square crop, VAE posterior parameters of the target crop."""
+    def encode_image(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The image-only work: CLIP embedding of the square crop, VAE posterior parameters of the target crop,
+        and whether they came from the cache."""
 
         def compute() -> Entry:
             square = center_crop_wide(request.image, (request.width, request.width))
@@ -100,10 +101,10 @@ class I2VGenXL:
                 ),
             }
 
-        entry = self._cached(
+        entry, hit = self._cached(
             "image", lambda: self.caches.image_key(request.image_bytes, request.width, request.height), compute
         )
-        return entry["embeds"], entry["posterior"]
+        return entry["embeds"], entry["posterior"], hit
 
     def image_latents(self, posterior: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
         """Samples the posterior with the request's seed and appends the reference's frame position mask."""
@@ -114,18 +115,23 @@ class I2VGenXL:
         return torch.cat([latents, *masks], dim=2)
 
     @torch.inference_mode()
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
+                 on_image_encoded: Callable[[bool], None] | None = None) -> torch.Tensor:
         """The video of one request as uint8 [F, H, W, 3]."""
-        return self.decode(self.denoise(request, on_step), request.decode_chunk_size)
+        return self.decode(self.denoise(request, on_step, on_image_encoded), request.decode_chunk_size)
 
     @torch.inference_mode()
-    def denoise(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
-        """The final latents [1, C, F, h, w] of one request (scaled like the reference's output_type="latent")."""
+    def denoise(self, request: GenerationRequest, on_step: StepCallback | None = None,
+                on_image_encoded: Callable[[bool], None] | None = None) -> torch.Tensor:
+        """The final latents [1, C, F, h, w] of one request (scaled like the reference's output_type="latent").
+        ``on_image_encoded(from_cache)`` tells whether the image's encodings came from the cache."""
         cfg = request.do_classifier_free_guidance
         prompts = [request.negative_prompt, request.prompt] if cfg else [request.prompt]
         prompt_embeds = torch.cat([self.encode_prompt(p) for p in prompts])
 
-        image_embeds, posterior = self.encode_image(request)
+        image_embeds, posterior, from_cache = self.encode_image(request)
+        if on_image_encoded is not None:
+            on_image_encoded(from_cache)
         image_embeds = image_embeds.unsqueeze(1)
         image_latents = self.image_latents(posterior, request)
         if cfg:

@@ -1,5 +1,13 @@
 """Python client for OpenSpeedy over gRPC or HTTP: ``Client(...).generate(image, prompt)``."""
 
-from openspeedy.client.api import Client, GenerationError, Video
+from pathlib import Path
 
-__all__ = ["Client", "GenerationError", "Video"]
+from openspeedy.client.api import Client, GenerationCancelled, GenerationError, GenerationTimeout, RetryPolicy, Video
+
+__all__ = ["Client", "GenerationCancelled", "GenerationError", "GenerationTimeout", "RetryPolicy", "Video",
+           "example_image"]
+
+
+def example_image() -> Path:
+    """The bundled example image (a lighthouse), for the demo, the web UI's example and the tests."""
+    return Path(__file__).parent / "example.png"

@@ -1,18 +1,28 @@
-"""A small typed client for the ``i2vgen_xl`` model, over gRPC (default) or HTTP."""
+"""A small typed client for OpenSpeedy's entry models, over gRPC (default) or HTTP.
+
+Every way of asking for a video honours the model name, the priority, a time limit and cancellation:
+a cancelled or timed-out gRPC request is cancelled on the server too, which stops it within one
+denoising step. Requests the server refuses as UNAVAILABLE (queue full, not ready, not reachable) are
+sent again with exponential backoff, up to a cap (``RetryPolicy``, through tenacity).
+"""
 
 from __future__ import annotations
 
+import io
 import queue
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from openspeedy.contracts import I2VGEN_XL
+from openspeedy.contracts import I2VGEN_XL, I2VGEN_XL_STREAM
+from openspeedy.errors import named_input
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
-STREAM_MODEL = "i2vgen_xl_stream"
+STREAM_MODEL = I2VGEN_XL_STREAM.name
 
 # Keyword arguments of Client.generate -> contract input names.
 OPTIONAL_INPUTS = {
@@ -27,33 +37,123 @@ OPTIONAL_INPUTS = {
     "decode_chunk_size": "DECODE_CHUNK_SIZE",
 }
 
+# How often a waiting client looks at its cancel flag and deadline: well under one denoising step.
+_POLL_S = 0.05
+
+# HTTP status -> the gRPC status name that the rest of the client speaks.
+_HTTP_STATUS = {"400": "INVALID_ARGUMENT", "404": "NOT_FOUND", "499": "CANCELLED", "500": "INTERNAL",
+                "503": "UNAVAILABLE"}
+
+# Triton's streaming protocol (ModelStreamInferResponse) carries an error's message but drops its code;
+# the one refusal worth recognising there is Triton's own queue-full message, which has the code
+# UNAVAILABLE everywhere else (gRPC status 14, HTTP 503).
+_STREAM_REFUSAL = "Exceeds maximum queue size"
+
 
 class GenerationError(RuntimeError):
-    """The server refused or failed the request; the message is the server's. ``retryable`` is true
-    when the server was only too busy (its queue was full, or it is not ready): send it again later."""
+    """The server refused or failed the request; the message is the server's.
 
-    def __init__(self, message: str, status: str | None = None):
+    ``status``: the gRPC status name ("UNAVAILABLE", "INVALID_ARGUMENT", ...) or None when unknown.
+    ``retryable``: the server was only busy or not ready (UNAVAILABLE): send it again later.
+    ``input_name``: the request input a bad-input error names ("HEIGHT", ...), else None.
+    ``after_step``: the denoising steps the server had reported before the error (streaming)."""
+
+    def __init__(self, message: str, status: str | None = None, after_step: int = 0):
         self.status = status
-        self.retryable = bool(status) and any(s in status for s in ("UNAVAILABLE", "503")) or (
-            "Exceeds maximum queue size" in message
-        )
+        self.retryable = status == "UNAVAILABLE"
+        self.cancelled = status == "CANCELLED"
+        self.input_name = named_input(message)
+        self.after_step = after_step
         if self.retryable and "retry" not in message:
-            message = f"server unavailable (busy or restarting), retry later: {message}"
+            message = f"server unavailable (busy, restarting or not reachable), retry later: {message}"
         super().__init__(message)
 
 
-def _error(error: Exception) -> GenerationError:
+class GenerationCancelled(GenerationError):
+    """This client cancelled the request (``cancel`` was set); the server stops within one step."""
+
+    def __init__(self, message: str, after_step: int = 0):
+        super().__init__(message, "CANCELLED", after_step)
+
+
+class GenerationTimeout(GenerationError):
+    """No video within the client's time limit; the request was cancelled (on the server too, over gRPC)."""
+
+    def __init__(self, message: str, after_step: int = 0):
+        super().__init__(message, "DEADLINE_EXCEEDED", after_step)
+
+
+def _status(error: Any) -> str | None:
+    status = str(error.status() or "")
+    if status.startswith("StatusCode."):
+        return status.removeprefix("StatusCode.")
+    if status in _HTTP_STATUS:
+        return _HTTP_STATUS[status]
+    if not status and _STREAM_REFUSAL in (error.message() or ""):
+        return "UNAVAILABLE"
+    return status or None
+
+
+def _error(error: Exception, after_step: int = 0) -> GenerationError:
     from tritonclient.utils import InferenceServerException
 
+    if isinstance(error, GenerationError):
+        return error
     if isinstance(error, InferenceServerException):
-        return GenerationError(error.message() or str(error), str(error.status() or ""))
-    return GenerationError(str(error))
+        return GenerationError(error.message() or str(error), _status(error), after_step)
+    return GenerationError(str(error), after_step=after_step)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of requests refused as UNAVAILABLE before any work was done on them: ``attempts`` in all,
+    waiting ``initial_s`` after the first refusal, twice as long after each next one (with jitter, so
+    refused clients do not come back together), at most ``max_s``."""
+
+    attempts: int = 5
+    initial_s: float = 0.5
+    max_s: float = 8.0
+
+    def call(self, attempt: Callable[[], Any], on_retry: Callable[[int, float, GenerationError], None] | None = None,
+             sleep: Callable[[float], None] = time.sleep) -> Any:
+        import tenacity
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            if on_retry is not None:
+                on_retry(state.attempt_number, state.next_action.sleep, state.outcome.exception())
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, GenerationError) and e.retryable and not e.after_step
+            ),
+            stop=tenacity.stop_after_attempt(max(1, self.attempts)),
+            wait=tenacity.wait_exponential_jitter(initial=self.initial_s, max=self.max_s, exp_base=2,
+                                                  jitter=self.initial_s),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(attempt)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def _keepalive():
+    """Pings on an idle connection, so a server or network path that died is noticed during a long
+    generation instead of waiting for ever. Kept within Triton's (gRPC's) default server limits: at most
+    two pings without data, a minute apart, so the server never answers with GOAWAY "too_many_pings"."""
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.KeepAliveOptions(keepalive_time_ms=60_000, keepalive_timeout_ms=20_000,
+                                       keepalive_permit_without_calls=False, http2_max_pings_without_data=2)
 
 
 @dataclass
 class Video:
     frames: np.ndarray | None  # uint8 [F, H, W, 3], when requested
     mp4: bytes | None  # H.264 MP4, when requested
+    cache_hit: bool | None = None  # the image's encodings came from the server's cache (None: not told)
 
 
 def _image_bytes(image: Any) -> bytes:
@@ -61,8 +161,6 @@ def _image_bytes(image: Any) -> bytes:
         return bytes(image)
     if isinstance(image, (str, Path)):
         return Path(image).read_bytes()
-    import io
-
     buffer = io.BytesIO()  # a PIL image
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -87,21 +185,72 @@ def request_arrays(image: Any, prompt: str, **options: Any) -> dict[str, np.ndar
     return arrays
 
 
+def _video(result) -> Video:
+    encoded = result.as_numpy("VIDEO_MP4")
+    hit = result.as_numpy("CACHE_HIT")
+    return Video(frames=result.as_numpy("VIDEO"), mp4=bytes(encoded[0]) if encoded is not None else None,
+                 cache_hit=bool(hit[0]) if hit is not None else None)
+
+
+class _Wait:
+    """Waits for the next event of a request, giving up when ``cancel`` is set or the deadline passes.
+    Polls in short slices so Ctrl-C (KeyboardInterrupt), a cancel flag or the deadline all act at once."""
+
+    def __init__(self, cancel: threading.Event | None, timeout_s: float | None):
+        self.cancel, self.timeout_s = cancel, timeout_s
+        self.deadline = time.monotonic() + timeout_s if timeout_s else None
+        self.step = self.total = 0
+
+    def check(self) -> None:
+        where = f" after step {self.step}/{self.total}" if self.total else " before the first step"
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled(f"cancelled by the client{where}", self.step)
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise GenerationTimeout(f"no video within the time limit of {self.timeout_s:g} s{where}; "
+                                    "the request was cancelled", self.step)
+
+    def next(self, events: queue.Queue):
+        while True:
+            self.check()
+            try:
+                return events.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def sleep(self, seconds: float) -> None:
+        """A retry's backoff, cut short by a cancel (the next attempt then raises)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.check()
+            time.sleep(min(_POLL_S, max(0.0, end - time.monotonic())))
+
+
 class Client:
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = I2VGEN_XL.name,
-                 timeout_s: float | None = None):
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str | None = None,
+                 timeout_s: float | None = None, *, stream_model: str | None = None,
+                 retry: RetryPolicy = RetryPolicy(),
+                 on_retry: Callable[[int, float, GenerationError], None] | None = None):
+        """``model`` serves ``generate`` (default i2vgen_xl), ``stream_model`` serves ``generate_stream``
+        (default i2vgen_xl_stream). ``timeout_s``: the default time limit of one generation, retries
+        included. ``on_retry(attempt, wait_s, error)`` hears of each retry."""
         if protocol not in DEFAULT_URLS:
             raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
-        self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
+        self.protocol, self.timeout_s = protocol, timeout_s
+        self.model = model or I2VGEN_XL.name
+        self.stream_model = stream_model or STREAM_MODEL
+        self.retry, self.on_retry = retry, on_retry
         self.url = url or DEFAULT_URLS[protocol]
         if protocol == "grpc":
             import tritonclient.grpc as triton
+
+            self._client = triton.InferenceServerClient(self.url, keepalive_options=_keepalive())
         else:
             import tritonclient.http as triton
+
+            self._client = triton.InferenceServerClient(self.url, connection_timeout=timeout_s or 60.0,
+                                                        network_timeout=timeout_s or 3600.0)
         self._triton = triton
-        kwargs = {} if protocol == "grpc" else {"connection_timeout": timeout_s or 60.0,
-                                                "network_timeout": timeout_s or 3600.0}
-        self._client = triton.InferenceServerClient(self.url, **kwargs)
+        self._outputs: dict[str, set[str]] = {}
 
     def close(self) -> None:
         self._client.close()
@@ -115,32 +264,36 @@ class Client:
     def is_ready(self) -> bool:
         return self._client.is_model_ready(self.model)
 
-    def model_parameters(self) -> dict[str, str]:
-        """The entry model's config parameters (its defaults and limits)."""
+    def is_reachable(self) -> bool:
+        """Whether the server answers at all (tells "not reachable" from "busy" after an UNAVAILABLE)."""
+        try:
+            return bool(self._client.is_server_live())
+        except Exception:  # noqa: BLE001 - any failure to answer means not reachable
+            return False
+
+    def model_parameters(self, model: str | None = None) -> dict[str, str]:
+        """An entry model's config parameters (its defaults and limits)."""
+        model = model or self.model
         if self.protocol == "grpc":
-            config = self._client.get_model_config(self.model, as_json=True)["config"]
+            config = self._client.get_model_config(model, as_json=True)["config"]
         else:
-            config = self._client.get_model_config(self.model)
+            config = self._client.get_model_config(model)
         # gRPC's JSON leaves out empty strings: a parameter set to "" arrives as {}.
         return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
 
-    def infer_arrays(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...] = ("VIDEO",), priority: int = 0):
-        """A raw inference: contract-named input arrays in, the requested output arrays out.
-        ``priority`` 1 is served before the default 2 when requests queue (0: the model's default)."""
+    def _served_outputs(self, model: str, wanted) -> list[str]:
+        """The outputs of ``wanted`` that ``model`` has: any entry model can be named (--model), and one
+        without PROGRESS or CACHE_HIT (a plain or an older one) refuses a request that asks for them."""
         from tritonclient.utils import InferenceServerException
 
-        inputs = self._inputs(arrays)
-        if self.protocol == "grpc":
-            requested = [self._triton.InferRequestedOutput(name) for name in outputs]
-            kwargs = {"client_timeout": self.timeout_s} if self.timeout_s else {}
-        else:
-            requested = [self._triton.InferRequestedOutput(name, binary_data=True) for name in outputs]
-            kwargs = {}
-        try:
-            result = self._client.infer(self.model, inputs, outputs=requested, priority=priority, **kwargs)
-        except InferenceServerException as error:
-            raise _error(error) from None
-        return {name: result.as_numpy(name) for name in outputs}
+        if model not in self._outputs:
+            try:
+                metadata = (self._client.get_model_metadata(model, as_json=True) if self.protocol == "grpc"
+                            else self._client.get_model_metadata(model))
+            except InferenceServerException as error:
+                raise _error(error) from None
+            self._outputs[model] = {output["name"] for output in metadata.get("outputs", [])}
+        return [name for name in wanted if name in self._outputs[model]]
 
     def _inputs(self, arrays: dict[str, np.ndarray]) -> list:
         from tritonclient.utils import np_to_triton_dtype
@@ -152,6 +305,68 @@ class Client:
             inputs.append(infer_input)
         return inputs
 
+    def _with_retries(self, attempt: Callable[[_Wait], Any], cancel: threading.Event | None,
+                      timeout_s: float | None) -> Any:
+        wait = _Wait(cancel, timeout_s if timeout_s is not None else self.timeout_s)
+        return self.retry.call(lambda: attempt(wait), self.on_retry, wait.sleep)
+
+    def infer_arrays(self, arrays: dict[str, np.ndarray], outputs: tuple[str, ...] = ("VIDEO",), priority: int = 0,
+                     *, model: str | None = None, cancel: threading.Event | None = None,
+                     timeout_s: float | None = None):
+        """A raw inference: contract-named input arrays in, the requested output arrays out.
+        ``priority`` 1 is served before the default 2 when requests queue (0: the model's default)."""
+        result = self._with_retries(
+            lambda wait: self._infer_once(model or self.model, arrays, outputs, priority, wait), cancel, timeout_s
+        )
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def _infer_once(self, model: str, arrays: dict[str, np.ndarray], outputs: tuple[str, ...], priority: int,
+                    wait: _Wait):
+        from tritonclient.utils import InferenceServerException
+
+        wait.check()
+        outputs = self._served_outputs(model, outputs)
+        if self.protocol == "http":
+            requested = [self._triton.InferRequestedOutput(name, binary_data=True) for name in outputs]
+            try:
+                return self._client.infer(model, self._inputs(arrays), outputs=requested, priority=priority)
+            except InferenceServerException as error:
+                raise _error(error) from None
+            except TimeoutError:
+                raise GenerationTimeout(f"no video within the time limit of {wait.timeout_s:g} s") from None
+        # gRPC: asynchronous, so that a cancel, the deadline or Ctrl-C can cancel the call (and the server
+        # then stops the request) instead of blocking inside gRPC until the video is done.
+        events: queue.Queue = queue.Queue()
+        call = self._client.async_infer(
+            model, self._inputs(arrays), callback=lambda result, error: events.put((result, error)),
+            outputs=[self._triton.InferRequestedOutput(name) for name in outputs], priority=priority,
+        )
+        done = False
+        try:
+            result, error = wait.next(events)
+            done = True
+        finally:
+            if not done:
+                call.cancel()
+        if error is not None:
+            raise _error(error)
+        return result
+
+    def generate(self, image: Any, prompt: str, *, frames: bool = True, mp4: bool = False, priority: int = 0,
+                 model: str | None = None, cancel: threading.Event | None = None, timeout_s: float | None = None,
+                 **options: Any) -> Video:
+        """Generates a video in one request. ``image``: encoded bytes, a path or a PIL image; options: see
+        OPTIONAL_INPUTS (None: the server's default)."""
+        wanted = tuple(name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag)
+        if not wanted:
+            raise ValueError("ask for frames, mp4 or both")
+        arrays = request_arrays(image, prompt, **options)
+        result = self._with_retries(
+            lambda wait: self._infer_once(model or self.model, arrays, wanted + ("CACHE_HIT",), priority, wait),
+            cancel, timeout_s,
+        )
+        return _video(result)
+
     def generate_stream(
         self,
         image: Any,
@@ -160,58 +375,66 @@ class Client:
         on_progress: Callable[[int, int], None] | None = None,
         frames: bool = True,
         mp4: bool = False,
+        priority: int = 0,
+        model: str | None = None,
+        cancel: threading.Event | None = None,
+        timeout_s: float | None = None,
         cancel_after_step: int | None = None,
-        model: str = STREAM_MODEL,
         **options: Any,
     ) -> Video:
         """Like ``generate`` through the streaming model (gRPC only): ``on_progress(done, total)`` after
-        each denoising step. ``cancel_after_step`` cancels the request once that step is reported (the
-        server stops within a step) and raises GenerationError with ``cancelled`` set."""
+        each denoising step. Setting ``cancel`` (or reaching ``cancel_after_step``) cancels the request:
+        the server stops within a step, and GenerationCancelled is raised."""
         if self.protocol != "grpc":
             raise ValueError("streaming needs gRPC: Triton answers decoupled models over HTTP with 501")
-        wanted = ["PROGRESS"] + [name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag]
+        wanted = ["PROGRESS", "CACHE_HIT"] + [name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag]
+        arrays = request_arrays(image, prompt, **options)
+        if cancel_after_step is not None:
+            cancel = cancel or threading.Event()
+            inner = on_progress
+
+            def on_progress(done: int, total: int) -> None:
+                if inner is not None:
+                    inner(done, total)
+                if done >= cancel_after_step:
+                    cancel.set()
+
+        return self._with_retries(
+            lambda wait: self._stream_once(model or self.stream_model, arrays, wanted, priority, on_progress, wait),
+            cancel, timeout_s,
+        )
+
+    def _stream_once(self, model: str, arrays: dict[str, np.ndarray], wanted: list[str], priority: int,
+                     on_progress: Callable[[int, int], None] | None, wait: _Wait) -> Video:
+        wait.check()
+        wanted = self._served_outputs(model, wanted)
         events: queue.Queue = queue.Queue()
-        self._client.start_stream(callback=lambda result, error: events.put((result, error)),
-                                  stream_timeout=self.timeout_s)
+        self._client.start_stream(callback=lambda result, error: events.put((result, error)))
+        finished = False
         try:
             self._client.async_stream_infer(
-                model, self._inputs(request_arrays(image, prompt, **options)),
-                outputs=[self._triton.InferRequestedOutput(name) for name in wanted],
-                enable_empty_final_response=True,
+                model, self._inputs(arrays), outputs=[self._triton.InferRequestedOutput(name) for name in wanted],
+                priority=priority, enable_empty_final_response=True,
             )
             while True:
-                result, error = events.get(timeout=self.timeout_s)
+                result, error = wait.next(events)
                 if error is not None:
-                    raise _error(error)
-                response = result.get_response()
-                final = response.parameters.get("triton_final_response")
+                    finished = True  # the server has ended this request
+                    raise _error(error, wait.step)
                 progress = result.as_numpy("PROGRESS")
                 if progress is not None:
-                    done, total = (int(v) for v in progress)
+                    wait.step, wait.total = (int(v) for v in progress)
                     if on_progress is not None:
-                        on_progress(done, total)
-                    if cancel_after_step is not None and done >= cancel_after_step:
-                        self._client.stop_stream(cancel_requests=True)
-                        error = GenerationError(f"cancelled by the client after step {done}/{total}")
-                        error.cancelled = True
-                        raise error
-                elif result.as_numpy("VIDEO") is not None or result.as_numpy("VIDEO_MP4") is not None:
-                    video = result.as_numpy("VIDEO")
-                    encoded = result.as_numpy("VIDEO_MP4")
-                    return Video(frames=video, mp4=bytes(encoded[0]) if encoded is not None else None)
-                elif final is not None and final.bool_param:
-                    raise GenerationError("the stream ended without a video")
+                        on_progress(wait.step, wait.total)
+                    continue
+                final = result.get_response().parameters.get("triton_final_response")
+                if result.as_numpy("VIDEO") is not None or result.as_numpy("VIDEO_MP4") is not None:
+                    finished = True
+                    return _video(result)
+                if final is not None and final.bool_param:
+                    finished = True
+                    raise GenerationError("the stream ended without a video", after_step=wait.step)
         finally:
-            self._client.stop_stream()
-
-    def generate(self, image: Any, prompt: str, *, frames: bool = True, mp4: bool = False, priority: int = 0,
-                 **options: Any) -> Video:
-        """Generates a video. ``image``: encoded bytes, a path or a PIL image; options: see OPTIONAL_INPUTS."""
-        wanted = tuple(name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag)
-        if not wanted:
-            raise ValueError("ask for frames, mp4 or both")
-        result = self.infer_arrays(request_arrays(image, prompt, **options), wanted, priority)
-        return Video(
-            frames=result.get("VIDEO"),
-            mp4=bytes(result["VIDEO_MP4"][0]) if "VIDEO_MP4" in result else None,
-        )
+            # Anything else (a cancel, the deadline, Ctrl-C) leaves the request running on the server
+            # unless the stream is cancelled: then Triton marks it cancelled and the model stops it.
+            self._client.stop_stream(cancel_requests=not finished)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from openspeedy.client.api import Client, GenerationError
+from openspeedy.client.api import Client, GenerationError, GenerationTimeout, RetryPolicy
+
+# What a shell reports for a command ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output .mp4 or .gif")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--url", help="server address (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
-    parser.add_argument("--model", default="i2vgen_xl")
+    parser.add_argument("--model", help="entry model (default: i2vgen_xl_stream when streaming, else i2vgen_xl)")
     parser.add_argument("--negative-prompt")
     parser.add_argument("--num-frames", type=int)
     parser.add_argument("--height", type=int)
@@ -28,10 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-fps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--decode-chunk-size", type=int)
-    parser.add_argument("--timeout", type=float, help="seconds to wait for the video")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for the video (retries included)")
     parser.add_argument("--priority", type=int, default=0, help="1: before default requests (2) in the queue")
+    parser.add_argument("--retries", type=int, default=RetryPolicy.attempts - 1,
+                        help="times to send again a request the server refused as busy (UNAVAILABLE)")
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                         help="show a progress bar (gRPC streaming model); default: on over gRPC")
+
+
+def _say_retry(attempt: int, wait_s: float, error: GenerationError) -> None:
+    print(f"attempt {attempt} refused, retrying in {wait_s:.1f} s: {error}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,22 +58,36 @@ def run(args: argparse.Namespace) -> int:
         print("--stream needs --protocol grpc (Triton streams over gRPC only)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    wanted = dict(frames=suffix == ".gif", mp4=suffix == ".mp4")
+    wanted = dict(frames=suffix == ".gif", mp4=suffix == ".mp4", priority=args.priority, model=args.model)
+    retry = RetryPolicy(attempts=max(0, args.retries) + 1)
+    bar = None
     try:
-        with Client(args.url, args.protocol, args.model, args.timeout) as client:
+        with Client(args.url, args.protocol, timeout_s=args.timeout, retry=retry, on_retry=_say_retry) as client:
             if stream:
-                with tqdm(desc="denoising", unit="step", file=sys.stderr) as bar:
 
-                    def progress(done: int, total: int) -> None:
-                        bar.total = total
-                        bar.update(done - bar.n)
+                def progress(done: int, total: int) -> None:
+                    nonlocal bar
+                    if bar is None:  # from the first step on: retry messages before it keep their own lines
+                        bar = tqdm(desc="denoising", unit="step", total=total, file=sys.stderr)
+                    bar.update(done - bar.n)
 
-                    video = client.generate_stream(args.image, args.prompt, on_progress=progress, **wanted,
-                                                   **options)
+                video = client.generate_stream(args.image, args.prompt, on_progress=progress, **wanted, **options)
+                _close(bar)
             else:
-                video = client.generate(args.image, args.prompt, priority=args.priority, **wanted, **options)
-            fps = args.target_fps or int(client.model_parameters().get("default_target_fps", 16))
+                video = client.generate(args.image, args.prompt, **wanted, **options)
+            fps = args.target_fps or int(client.model_parameters(args.model).get("default_target_fps", 16))
+    except KeyboardInterrupt:
+        # The client's wait is cancelled with the stream (or call): the server stops within one step.
+        _close(bar)
+        where = "the server stops it within one step" if args.protocol == "grpc" else "over HTTP the server finishes it"
+        print(f"interrupted: request cancelled ({where})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except GenerationTimeout as error:
+        _close(bar)
+        print(f"timed out: {error}", file=sys.stderr)
+        return 1
     except GenerationError as error:
+        _close(bar)
         print(f"error: {error}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,3 +99,8 @@ def run(args: argparse.Namespace) -> int:
         args.out.write_bytes(encode_gif(video.frames, fps))
     print(f"wrote {args.out} in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()

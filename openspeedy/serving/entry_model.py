@@ -88,11 +88,14 @@ class EntryModel:
             if on_progress is not None:
                 on_progress(done, total)
 
+        from_cache = []
         with self.metrics.in_flight():
-            video = self.pipeline.generate(generation, on_step)
+            video = self.pipeline.generate(generation, on_step, from_cache.append)
         self.metrics.frames.increment(int(video.shape[0]))
-        wanted = set(request.requested_output_names()) or {"VIDEO", "VIDEO_MP4"}
+        wanted = set(request.requested_output_names()) or {"VIDEO", "VIDEO_MP4", "CACHE_HIT"}
         outputs = []
+        if "CACHE_HIT" in wanted:
+            outputs.append(to_triton("CACHE_HIT", np.array(from_cache[:1] or [False], dtype=np.bool_)))
         if "VIDEO" in wanted:
             outputs.append(to_triton("VIDEO", video))
         if "VIDEO_MP4" in wanted:

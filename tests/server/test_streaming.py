@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from openspeedy.client import Client, GenerationError
+from openspeedy.client.api import NO_RETRY
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
 from openspeedy.model_config import QueuePolicy
 from openspeedy.server import ServerOptions, TritonServer
@@ -88,7 +89,7 @@ def limited_server(tiny_checkpoint, tmp_path_factory):
 
 
 def test_a_generation_past_its_time_limit_is_stopped(limited_server):
-    with Client(limited_server.grpc_url) as client:
+    with Client(limited_server.grpc_url, retry=NO_RETRY) as client:  # the stop is UNAVAILABLE: not sent again
         with pytest.raises(GenerationError, match="ran past its limit of 4 s"):
             client.generate(IMAGE, "x", num_frames=32, height=256, width=256, num_inference_steps=100, seed=1)
         assert client.generate(IMAGE, "x", num_frames=2, num_inference_steps=2, seed=1).frames.shape[0] == 2
@@ -97,7 +98,7 @@ def test_a_generation_past_its_time_limit_is_stopped(limited_server):
 def test_overload_is_refused_with_a_retry_error_and_nothing_hangs(limited_server):
     def one(i):
         with Client(limited_server.grpc_url if i % 2 else limited_server.http_url,
-                    "grpc" if i % 2 else "http", timeout_s=60) as client:
+                    "grpc" if i % 2 else "http", timeout_s=60, retry=NO_RETRY) as client:
             try:
                 client.generate(IMAGE, "x", num_frames=8, height=64, width=64, num_inference_steps=20, seed=i)
                 return "ok"

@@ -1,0 +1,185 @@
+"""The Gradio page: controls, progress, video and downloads, laid out over ``openspeedy.ui.session``."""
+
+import argparse
+import os
+import random
+from pathlib import Path
+
+from openspeedy.client import example_image
+from openspeedy.ui.session import CACHE_NOTE, ERROR_TARGETS, SERVER, Generations, Update
+
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SERVER = "127.0.0.1", 7860, "127.0.0.1:8001"
+# Controls in the order the generate action takes them (also the API endpoint's parameter order).
+OPTION_NAMES = ("negative_prompt", "num_frames", "height", "width", "num_inference_steps", "guidance_scale",
+                "target_fps", "seed")
+# Numeric controls that start at the server's default (the model's default_* config parameters).
+DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "target_fps")
+
+CSS = """
+.field-error, .field-error * { color: #b91c1c !important; font-weight: 600; }
+#progress progress { width: 100%; height: 14px; }
+#cache-note, #cache-note * { color: #166534 !important; font-weight: 600; }
+"""
+
+
+def progress_html(progress: tuple[int, int] | None) -> str:
+    if not progress or not progress[1]:
+        return '<div id="progress-bar"></div>'
+    done, total = progress
+    return (f'<div id="progress-bar"><progress value="{done}" max="{total}"></progress>'
+            f'<span class="progress-text">step {done} / {total}</span></div>')
+
+
+def random_seed() -> int:
+    return random.randrange(2**31)
+
+
+def server_values(parameters: dict[str, str]) -> dict[str, float]:
+    """The server's defaults of the numeric controls, from the model's config parameters."""
+    values = {}
+    for name in DEFAULTED:
+        text = parameters.get(f"default_{name}")
+        if text:
+            values[name] = float(text) if name == "guidance_scale" else int(text)
+    return values
+
+
+def build(generations: Generations):
+    import gradio as gr
+
+    defaults = server_values(generations.server_defaults())
+
+    with gr.Blocks(title="OpenSpeedy") as page:
+        gr.Markdown("# OpenSpeedy: image to video\nOne image, many prompts: the image's encodings are cached.")
+        errors: dict[str, gr.Markdown] = {}
+
+        def error_slot(name: str) -> None:
+            errors[name] = gr.Markdown("", visible=False, elem_id=f"error-{name}", elem_classes=["field-error"])
+
+        gr.Textbox(generations.server_url, label="Triton server (gRPC)", interactive=False, elem_id="server")
+        error_slot(SERVER)
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                error_slot("image")
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                error_slot("prompt")
+                negative = gr.Textbox(label="Negative prompt", elem_id="negative_prompt")
+                error_slot("negative_prompt")
+                numbers = {}
+                for row in (("num_frames", "height", "width"), ("num_inference_steps", "guidance_scale", "target_fps")):
+                    with gr.Row():
+                        for name in row:
+                            with gr.Column(min_width=120):
+                                label = name.replace("num_inference_steps", "steps").replace("_", " ").capitalize()
+                                numbers[name] = gr.Number(
+                                    defaults.get(name), label=label, elem_id=name,
+                                    precision=None if name == "guidance_scale" else 0,
+                                )
+                                error_slot(name)
+                with gr.Row():
+                    with gr.Column(scale=4):
+                        numbers["seed"] = gr.Number(None, label="Seed", info="same seed and inputs, same video",
+                                                    precision=0, elem_id="seed")
+                        error_slot("seed")
+                    dice = gr.Button("Random seed", elem_id="random-seed", scale=1)
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Column():
+                progress = gr.HTML(progress_html(None), elem_id="progress")
+                status = gr.Markdown("", elem_id="status")
+                cache_note = gr.Markdown("", elem_id="cache-note")
+                video = gr.Video(label="Video", elem_id="video", interactive=False)
+                with gr.Row():
+                    mp4 = gr.DownloadButton("Download MP4", visible=False, elem_id="download-mp4")
+                    gif = gr.DownloadButton("Download GIF", visible=False, elem_id="download-gif")
+        for name in ERROR_TARGETS:
+            if name not in errors:  # inputs without a control of their own report beside the server field
+                errors[name] = errors[SERVER]
+        options = [negative] + [numbers[name] for name in OPTION_NAMES[1:]]
+        slots = list(dict.fromkeys(errors.values()))
+
+        def show(update: Update) -> dict:
+            changes = {progress: progress_html(update.progress) if update.progress else gr.skip(),
+                       status: update.status}
+            messages: dict = {}
+            for name, message in update.errors.items():
+                messages.setdefault(errors.get(name, errors[SERVER]), []).append(message)
+            for slot in slots:
+                text = " ".join(messages.get(slot, []))
+                changes[slot] = gr.update(value=text, visible=bool(text))
+            if update.done:
+                changes[cache_note] = CACHE_NOTE if update.cache_hit else ""
+                changes[video] = str(update.mp4) if update.mp4 else None
+                for button, path in ((mp4, update.mp4), (gif, update.gif)):
+                    changes[button] = gr.update(value=str(path) if path else None, visible=bool(path))
+            return changes
+
+        def on_generate(image_path, prompt_text, negative_prompt, num_frames, height, width, num_inference_steps,
+                        guidance_scale, target_fps, seed, request: gr.Request):
+            yield {cache_note: "", video: None, mp4: gr.update(visible=False), gif: gr.update(visible=False)}
+            values = dict(negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
+                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          target_fps=target_fps, seed=seed)
+            for update in generations.run(request.session_hash, image_path, prompt_text, **values):
+                yield show(update)
+
+        def on_cancel(request: gr.Request):
+            generations.cancel(request.session_hash)
+
+        def api_generate(image, prompt, negative_prompt=None, num_frames=None, height=None, width=None,
+                         num_inference_steps=None, guidance_scale=None, target_fps=None, seed=None):
+            """Generates a video from an image and a prompt; unset options take the server's defaults.
+            Returns the H.264 MP4."""
+            try:
+                return str(generations.generate_file(
+                    image, prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
+                    width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                    target_fps=target_fps, seed=seed))
+            except Exception as error:  # noqa: BLE001 - the API caller gets the message
+                raise gr.Error(str(error)) from None
+
+        outputs = [progress, status, cache_note, video, mp4, gif, *slots]
+        # Every tab runs its own generation at once: the server's queue, not the page, limits them.
+        generate.click(on_generate, [image, prompt, *options], outputs, api_visibility="private",
+                       concurrency_limit=None)
+        cancel.click(on_cancel, None, None, queue=False, api_visibility="private")
+        dice.click(random_seed, None, numbers["seed"], queue=False, api_visibility="private")
+        # The named API endpoint for programs (gradio_client): the same generation, returning the MP4.
+        api_trigger = gr.Button(visible=False)
+        api_trigger.click(api_generate, [image, prompt, *options], gr.File(visible=False), api_name="generate",
+                          concurrency_limit=None)
+        defaulted = [numbers[name] for name in DEFAULTED]
+
+        def on_load():
+            # The server's defaults as they are now (it may have started after the page), and a fresh seed.
+            values = server_values(generations.server_defaults())
+            return [values.get(name, gr.skip()) for name in DEFAULTED] + [random_seed()]
+
+        page.load(on_load, None, defaulted + [numbers["seed"]], api_visibility="private")
+        gr.Examples([[str(example_image()), "a lighthouse by the sea, waves rolling in"]], [image, prompt])
+    return page
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address the web page listens on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="the Triton server's gRPC address")
+    parser.add_argument("--timeout", type=float, help="seconds a generation may take (default: no limit)")
+
+
+def run(args: argparse.Namespace) -> int:
+    # The page must work offline and send nothing anywhere: no usage analytics.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    generations = Generations(args.server, timeout_s=args.timeout)
+    page = build(generations)
+    print(f"OpenSpeedy UI on http://{args.host}:{args.port} (Triton gRPC {args.server})", flush=True)
+    # System fonts: the default theme's web fonts would be fetched from the internet.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    page.queue().launch(server_name=args.host, server_port=args.port, css=CSS, theme=theme, show_error=True,
+                        allowed_paths=[str(Path(generations.output_dir))])
+    return 0

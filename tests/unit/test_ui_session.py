@@ -1,0 +1,67 @@
+"""The web UI's logic without Gradio or a server: options, per-tab cancel flags, errors by control."""
+
+from openspeedy.client.api import GenerationCancelled, GenerationError, GenerationTimeout
+from openspeedy.ui.session import SERVER, CancelFlags, Generations, request_options
+
+
+def test_empty_fields_are_left_to_the_server_and_numbers_are_typed():
+    values = dict(negative_prompt="", num_frames=8.0, height=None, guidance_scale=7, seed=12.0)
+    assert request_options(values) == {"num_frames": 8, "guidance_scale": 7.0, "seed": 12}
+    assert type(request_options(values)["num_frames"]) is int
+
+
+def test_cancel_reaches_only_its_own_tab():
+    flags = CancelFlags()
+    first, second = flags.start("tab-1"), flags.start("tab-2")
+    assert flags.cancel("tab-1")
+    assert first.is_set() and not second.is_set()
+    flags.finish("tab-1", first)
+    assert not flags.cancel("tab-1")  # nothing running there any more
+
+
+class FakeClient:
+    def __init__(self, reachable: bool):
+        self.reachable = reachable
+
+    def is_reachable(self) -> bool:
+        return self.reachable
+
+
+def failed(error, reachable=True):
+    return Generations("127.0.0.1:1", output_dir="/tmp")._failed(error, FakeClient(reachable))
+
+
+def test_a_bad_input_is_shown_beside_its_control():
+    update = failed(GenerationError("invalid input 'HEIGHT': must be a multiple of 8, got 63", "INVALID_ARGUMENT"))
+    assert update.errors == {"height": "invalid input 'HEIGHT': must be a multiple of 8, got 63"}
+    assert update.done
+    update = failed(GenerationError("invalid input 'IMAGE': cannot be decoded", "INVALID_ARGUMENT"))
+    assert list(update.errors) == ["image"]
+
+
+def test_server_trouble_is_shown_beside_the_server_field_in_words():
+    busy = GenerationError("Exceeds maximum queue size", "UNAVAILABLE")
+    assert "not reachable at 127.0.0.1:1" in failed(busy, reachable=False).errors[SERVER]
+    assert failed(busy, reachable=True).errors[SERVER].startswith("busy after 5 attempts")
+    assert "time limit" in failed(GenerationTimeout("no video within the time limit of 2 s")).errors[SERVER]
+    assert failed(GenerationError("model 'unet' failed: out of memory", "INTERNAL")).errors == {
+        SERVER: "model 'unet' failed: out of memory"}
+
+
+def test_a_cancel_is_a_status_not_an_error():
+    update = failed(GenerationCancelled("cancelled by the client after step 3/50", 3))
+    assert update.errors == {} and update.status.startswith("Cancelled after step 3/50")
+
+
+def test_no_image_is_asked_for_beside_the_image_control(tmp_path):
+    (update,) = Generations("127.0.0.1:1", output_dir=tmp_path).run("tab", None, "a prompt")
+    assert list(update.errors) == ["image"] and update.done
+
+
+def test_a_generation_whose_page_went_away_is_cancelled(tmp_path):
+    generations = Generations("127.0.0.1:1", output_dir=tmp_path)
+    updates = generations.run("tab", tmp_path / "image.png", "x")
+    next(updates)  # "Sending the request…"
+    flag = generations.cancels._flags["tab"]
+    updates.close()  # Gradio drops the generator when the tab closes
+    assert flag.is_set() and "tab" not in generations.cancels._flags
