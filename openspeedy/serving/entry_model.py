@@ -5,7 +5,6 @@ step; the server keeps serving whatever a request does."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import ServingMetrics, TritonCacheMetrics
 from openspeedy.serving.triton_io import (
-    bls_call,
+    BlsCaller,
     error_response,
     instance_device,
     model_parameters,
@@ -54,8 +53,26 @@ class EntryModel:
         per_gpu = flag(parameters, "components_per_gpu")
         if per_gpu and self.device.type != "cuda":
             raise ValueError("components_per_gpu needs the orchestrator on a GPU (instance kind KIND_GPU)")
-        call = functools.partial(bls_call, device=self.device, per_gpu=per_gpu)
-        self.pipeline = I2VGenXL(call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches)
+        cfg_parallel, half_gpus = self.cfg_parallel(parameters)
+        call = BlsCaller(self.device, per_gpu, half_gpus)
+        self.pipeline = I2VGenXL(call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches,
+                                 cfg_parallel=cfg_parallel)
+
+    def cfg_parallel(self, parameters) -> tuple[bool, tuple[int, ...]]:
+        """Whether the guidance halves go out as two concurrent UNet calls, and the GPUs they go to: this
+        instance's GPU first, then the next configured one (so each orchestrator keeps half on its GPU)."""
+        if not flag(parameters, "cfg_parallel"):
+            return False, ()
+        if self.device.type != "cuda":
+            return True, ()  # CPU: two unet instances, Triton gives each half to one
+        gpus = [int(g) for g in parameters.get("cfg_parallel_gpus", "").split(",") if g.strip()]
+        own = self.device.index or 0
+        if len(gpus) < 2 or own not in gpus:
+            pb_utils.Logger.log_warn(f"{self.model_name}: cfg_parallel needs two GPUs (cfg_parallel_gpus "
+                                     f"{gpus}, this instance on GPU {own}); the batched UNet call is used")
+            return False, ()
+        at = gpus.index(own)
+        return True, (own, gpus[(at + 1) % len(gpus)])
 
     def execute(self, requests):
         responses = []
