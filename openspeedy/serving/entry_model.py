@@ -14,7 +14,7 @@ import torch
 
 from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL
-from openspeedy.model_config import flag
+from openspeedy.model_config import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import ServingMetrics, TritonCacheMetrics
@@ -59,20 +59,18 @@ class EntryModel:
                                  cfg_parallel=cfg_parallel)
 
     def cfg_parallel(self, parameters) -> tuple[bool, tuple[int, ...]]:
-        """Whether the guidance halves go out as two concurrent UNet calls, and the GPUs they go to: this
-        instance's GPU first, then the next configured one (so each orchestrator keeps half on its GPU)."""
+        """Whether the guidance halves go out as two concurrent UNet calls, and the GPUs they go to."""
         if not flag(parameters, "cfg_parallel"):
             return False, ()
         if self.device.type != "cuda":
             return True, ()  # CPU: two unet instances, Triton gives each half to one
-        gpus = [int(g) for g in parameters.get("cfg_parallel_gpus", "").split(",") if g.strip()]
         own = self.device.index or 0
-        if len(gpus) < 2 or own not in gpus:
-            pb_utils.Logger.log_warn(f"{self.model_name}: cfg_parallel needs two GPUs (cfg_parallel_gpus "
-                                     f"{gpus}, this instance on GPU {own}); the batched UNet call is used")
+        halves = cfg_parallel_gpus(parameters, own)
+        if halves is None:
+            pb_utils.Logger.log_warn(f"{self.model_name}: cfg_parallel needs two GPUs listed in cfg_parallel_gpus, "
+                                     f"this instance's GPU {own} among them; the batched UNet call is used")
             return False, ()
-        at = gpus.index(own)
-        return True, (own, gpus[(at + 1) % len(gpus)])
+        return True, halves
 
     def execute(self, requests):
         responses = []

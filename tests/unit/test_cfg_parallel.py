@@ -11,7 +11,7 @@ import torch
 
 from openspeedy import contracts
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, model_configs
-from openspeedy.model_config import flag
+from openspeedy.model_config import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
 from tests.helpers import parse
 from tests.unit.test_fast_modes import STEPS, interval, request, reuse
@@ -126,3 +126,15 @@ def test_one_gpu_falls_back_to_the_batched_call_and_says_so(tmp_path, caplog):
 def test_gpu_export_without_named_gpus_is_refused():
     with pytest.raises(ValueError, match="cfg_parallel.*--gpus 0,1"):
         ExportOptions(device="gpu", cfg_parallel=True)
+
+
+@pytest.mark.parametrize("listed, own, halves", [
+    ("0,1", 0, (0, 1)),
+    ("0,1", 1, (1, 0)),  # each orchestrator keeps its unconditional half on its own GPU
+    ("0,1,2", 2, (2, 0)),
+    ("0", 0, None),  # one GPU: the batched call
+    ("0,1", 3, None),  # an orchestrator on a GPU not listed
+    ("", 0, None),
+])
+def test_each_orchestrator_sends_one_half_to_its_own_gpu(listed, own, halves):
+    assert cfg_parallel_gpus({"cfg_parallel_gpus": listed}, own) == halves
