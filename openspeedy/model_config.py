@@ -31,6 +31,16 @@ def flag(parameters: Mapping[str, str], name: str, default: bool = False) -> boo
     return parameters.get(name, str(default)).lower() in ("1", "true", "yes", "on")
 
 
+def cfg_parallel_gpus(parameters: Mapping[str, str], own_gpu: int) -> tuple[int, int] | None:
+    """The GPUs of the two CFG-parallel halves for an orchestrator on ``own_gpu``: its own first, then the
+    next one listed in ``cfg_parallel_gpus`` (so each orchestrator keeps one half on its GPU); None where
+    fewer than two GPUs are listed or its own is not among them (the batched call then)."""
+    gpus = [int(g) for g in parameters.get("cfg_parallel_gpus", "").split(",") if g.strip()]
+    if len(gpus) < 2 or own_gpu not in gpus:
+        return None
+    return own_gpu, gpus[(gpus.index(own_gpu) + 1) % len(gpus)]
+
+
 def _tensor(spec: TensorSpec, is_input: bool) -> str:
     dims = ", ".join(str(d) for d in spec.dims)
     optional = " optional: true" if is_input and spec.optional else ""

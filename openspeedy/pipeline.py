@@ -24,7 +24,14 @@ from openspeedy.request import GenerationRequest
 
 
 class ModelCaller(Protocol):
+    """Calls one model. A caller may also have ``call_many(contract, [inputs, ...])``: the calls at once,
+    their outputs in order (the CFG-parallel halves); without it they are made one after the other."""
+
     def __call__(self, contract: ModelContract, inputs: Mapping[str, Any]) -> Mapping[str, torch.Tensor]: ...
+
+
+# The UNet inputs with one row per CFG half; TIMESTEP and RETURN_DEEP_FEATURES are shared by both halves.
+_PER_ROW_INPUTS = ("SAMPLE", "ENCODER_HIDDEN_STATES", "FPS", "IMAGE_LATENTS", "IMAGE_EMBEDDINGS")
 
 
 class LocalModels:
@@ -40,6 +47,9 @@ class LocalModels:
         check_tensors(contract, "outputs", outputs)
         self.calls[contract.name] += 1
         return outputs
+
+    def call_many(self, contract: ModelContract, inputs: list[Mapping[str, Any]]) -> list[Mapping[str, torch.Tensor]]:
+        return [self(contract, one) for one in inputs]  # one process, one device: nothing to overlap
 
 
 def posterior_seed(seed: int) -> int:
@@ -60,8 +70,12 @@ class I2VGenXL:
         vae_scaling_factor: float,
         device: str | torch.device = "cpu",
         caches: EncodingCaches | None = None,
+        cfg_parallel: bool = False,
     ):
         self.call_model = call_model
+        # CFG-parallel: each guided UNet call as two concurrent one-row calls (uncond, cond), one per
+        # UNet instance (a GPU each), recombined in the batched order so nothing downstream changes.
+        self.cfg_parallel = cfg_parallel
         self.caches = caches
         self.scheduler_config = dict(scheduler_config)
         self.vae_scaling_factor = float(vae_scaling_factor)
@@ -175,7 +189,10 @@ class I2VGenXL:
                     inputs["RETURN_DEEP_FEATURES"] = torch.ones(1, dtype=torch.int32)
                 else:
                     inputs["DEEP_FEATURES"] = reused
-            outputs = self.call_model(contracts.UNET, inputs)
+            if self.cfg_parallel and rows_in_call == 2:
+                outputs = self._call_unet_halves(inputs, request.num_frames)
+            else:
+                outputs = self.call_model(contracts.UNET, inputs)
             if reused is None and "DEEP_FEATURES" in outputs:
                 deep = (outputs["DEEP_FEATURES"], rows_in_call)
             noise_pred = outputs["NOISE_PRED"].to(self.device)
@@ -186,6 +203,27 @@ class I2VGenXL:
             if on_step is not None:
                 on_step(step + 1, total)
         return latents
+
+    def _call_unet_halves(self, inputs: Mapping[str, Any], frames: int) -> dict[str, torch.Tensor]:
+        """One CFG-batch UNet call made as two concurrent one-row calls; the outputs as the batched call's."""
+        halves = []
+        for row in range(2):
+            half = dict(inputs)
+            for name in _PER_ROW_INPUTS:
+                half[name] = inputs[name][row:row + 1]
+            if "DEEP_FEATURES" in inputs:  # [rows * frames, ...], row-major
+                half["DEEP_FEATURES"] = inputs["DEEP_FEATURES"][row * frames:(row + 1) * frames]
+            halves.append(half)
+        call_many = getattr(self.call_model, "call_many", None)
+        if call_many is None:
+            results = [self.call_model(contracts.UNET, half) for half in halves]
+        else:
+            results = call_many(contracts.UNET, halves)
+        # Each half may come back on its own GPU: bring both here before joining them.
+        outputs = {"NOISE_PRED": torch.cat([r["NOISE_PRED"].to(self.device) for r in results])}
+        if all("DEEP_FEATURES" in r for r in results):
+            outputs["DEEP_FEATURES"] = torch.cat([r["DEEP_FEATURES"].to(self.device) for r in results])
+        return outputs
 
     @staticmethod
     def _reusable(deep, step: int, request: GenerationRequest, rows_in_call: int) -> torch.Tensor | None:

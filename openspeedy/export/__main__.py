@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-gpu-components", action="store_true",
                         help="with --device gpu --gpus 0,1,...: a copy of each component per GPU, so each GPU's "
                              "orchestrator keeps its sub-requests and tensors on its own GPU")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="run the two classifier-free guidance halves of each UNet call at once, one per unet "
+                             "instance: 2 CPU instances, or one per GPU with --device gpu --gpus 0,1 "
+                             "(one GPU named: the batched call; see docs/multi_gpu.md)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="compute precision (default: float16 on gpu, float32 on cpu)")
     parser.add_argument("--entry-instances", type=int, default=1,
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> Path:
         device=args.device,
         gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
         per_gpu_components=args.per_gpu_components,
+        cfg_parallel=args.cfg_parallel,
         dtype=args.dtype or ("float16" if args.device == "gpu" else "float32"),
         entry_instances=args.entry_instances,
         component_instances=args.component_instances,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -62,10 +63,32 @@ class ExportOptions:
     # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
     # and the orchestrators on each GPU call their own GPU's copies, so no tensor crosses GPUs.
     per_gpu_components: bool = False
+    # The two guidance halves of each UNet call as two concurrent requests, one per `unet` instance: two
+    # CPU instances, or one per GPU of ``gpus`` (docs/multi_gpu.md). One GPU named: the batched call.
+    cfg_parallel: bool = False
 
     def __post_init__(self):
         if self.per_gpu_components and (self.device != "gpu" or not self.gpus):
             raise ValueError("per_gpu_components needs device 'gpu' and the GPUs named (gpus, --gpus 0,1)")
+        if self.cfg_parallel and self.device == "gpu" and not self.gpus:
+            raise ValueError("cfg_parallel on device 'gpu' needs the GPUs of the two halves named (gpus, --gpus 0,1)")
+
+    @property
+    def halves_in_parallel(self) -> bool:
+        """cfg_parallel where it can take effect: on CPU, or with two or more GPUs."""
+        return self.cfg_parallel and (self.device != "gpu" or len(self.gpus) >= 2)
+
+
+def _cfg_parallel_parameters(options: ExportOptions) -> dict[str, str]:
+    """The entry models' switch for the CFG-parallel halves (read by openspeedy.serving.entry_model)."""
+    if not options.cfg_parallel:
+        return {}
+    if not options.halves_in_parallel:
+        logging.getLogger(__name__).warning(
+            "cfg_parallel: only GPU %s configured; the UNet keeps the batched CFG call", list(options.gpus))
+        return {}
+    gpus = {"cfg_parallel_gpus": ",".join(str(g) for g in options.gpus)} if options.device == "gpu" else {}
+    return {"cfg_parallel": "true"} | gpus
 
 
 def _place(source: Path, destination: Path) -> None:
@@ -93,13 +116,17 @@ def model_configs(options: ExportOptions, vae_scaling_factor: float) -> dict[str
         else:
             copies = {contract.name: options.gpus}
         for name, gpus in copies.items():
-            group = InstanceGroup(kind, options.component_instances, gpus)
+            count = options.component_instances
+            if contract is contracts.UNET and options.halves_in_parallel and options.device != "gpu":
+                count = max(count, 2)  # one CPU instance per half; on GPUs the count is per GPU already
+            group = InstanceGroup(kind, count, gpus)
             configs[name] = _component_config(contract, options, group, name)
     entry_parameters = (
         options.settings.as_parameters()
         | options.cache.as_parameters()
         | {"vae_scaling_factor": str(vae_scaling_factor)}
         | ({"components_per_gpu": "true"} if options.per_gpu_components else {})
+        | _cfg_parallel_parameters(options)
     )
     for contract in contracts.ENTRY_MODELS:
         group = InstanceGroup(kind, options.entry_instances, options.gpus)

@@ -5,7 +5,6 @@ step; the server keeps serving whatever a request does."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -15,12 +14,12 @@ import torch
 
 from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL
-from openspeedy.model_config import flag
+from openspeedy.model_config import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import LoadMetric, ServingMetrics, TritonCacheMetrics
 from openspeedy.serving.triton_io import (
-    bls_call,
+    BlsCaller,
     error_response,
     instance_device,
     model_parameters,
@@ -55,8 +54,24 @@ class EntryModel:
         per_gpu = flag(parameters, "components_per_gpu")
         if per_gpu and self.device.type != "cuda":
             raise ValueError("components_per_gpu needs the orchestrator on a GPU (instance kind KIND_GPU)")
-        call = functools.partial(bls_call, device=self.device, per_gpu=per_gpu)
-        self.pipeline = I2VGenXL(call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches)
+        cfg_parallel, half_gpus = self.cfg_parallel(parameters)
+        call = BlsCaller(self.device, per_gpu, half_gpus)
+        self.pipeline = I2VGenXL(call, scheduler_config, float(parameters["vae_scaling_factor"]), self.device, caches,
+                                 cfg_parallel=cfg_parallel)
+
+    def cfg_parallel(self, parameters) -> tuple[bool, tuple[int, ...]]:
+        """Whether the guidance halves go out as two concurrent UNet calls, and the GPUs they go to."""
+        if not flag(parameters, "cfg_parallel"):
+            return False, ()
+        if self.device.type != "cuda":
+            return True, ()  # CPU: two unet instances, Triton gives each half to one
+        own = self.device.index or 0
+        halves = cfg_parallel_gpus(parameters, own)
+        if halves is None:
+            pb_utils.Logger.log_warn(f"{self.model_name}: cfg_parallel needs two GPUs listed in cfg_parallel_gpus, "
+                                     f"this instance's GPU {own} among them; the batched UNet call is used")
+            return False, ()
+        return True, halves
 
     def execute(self, requests):
         responses = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Mapping
 
@@ -65,27 +66,28 @@ class ComponentError(RuntimeError):
     pass
 
 
-def bls_call(
-    contract: ModelContract, inputs: Mapping[str, Any], device: torch.device | None = None, per_gpu: bool = False
-) -> dict[str, Any]:
-    """One synchronous BLS sub-request to a component model; raises ComponentError on its error.
+def _gpu(device: torch.device | None) -> int | None:
+    return (device.index or 0) if device is not None and device.type == "cuda" else None
 
-    A caller on a GPU ``device`` asks for the outputs there (unless the contract sends them to the
-    host): without a preferred memory their placement is Triton's choice, host memory in some releases
-    (a round trip per denoising step). With ``per_gpu`` the request goes to the component's copy on the
-    caller's GPU (contracts.gpu_model_name)."""
-    gpu = (device.index or 0) if device is not None and device.type == "cuda" else None
-    model_name = contracts.gpu_model_name(contract.name, gpu) if per_gpu else contract.name
+
+def _request(contract: ModelContract, inputs: Mapping[str, Any], device: torch.device | None, model_name: str,
+             ) -> "pb_utils.InferenceRequest":
+    """A BLS request whose outputs come to ``device`` (unless the contract sends them to the host):
+    without a preferred memory their placement is Triton's choice, host memory in some releases
+    (a round trip per denoising step)."""
+    gpu = _gpu(device)
     options = {}
     if gpu is not None and not contract.outputs_to_host:
         options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, gpu)
-    request = pb_utils.InferenceRequest(
+    return pb_utils.InferenceRequest(
         model_name=model_name,
         requested_output_names=list(contract.output_names),
         inputs=[to_triton(name, value) for name, value in inputs.items()],
         **options,
     )
-    response = request.exec()
+
+
+def _outputs(contract: ModelContract, model_name: str, response: "pb_utils.InferenceResponse") -> dict[str, Any]:
     if response.has_error():
         raise ComponentError(f"model '{model_name}' failed: {response.error().message()}")
     outputs = {}
@@ -97,3 +99,59 @@ def bls_call(
             raise ComponentError(f"model '{model_name}' returned no {spec.name}")
         outputs[spec.name] = to_torch(tensor, spec)
     return outputs
+
+
+def bls_call(
+    contract: ModelContract, inputs: Mapping[str, Any], device: torch.device | None = None, per_gpu: bool = False
+) -> dict[str, Any]:
+    """One synchronous BLS sub-request to a component model; raises ComponentError on its error.
+
+    A caller on a GPU ``device`` asks for the outputs there. With ``per_gpu`` the request goes to the
+    component's copy on the caller's GPU (contracts.gpu_model_name)."""
+    gpu = _gpu(device)
+    model_name = contracts.gpu_model_name(contract.name, gpu) if per_gpu else contract.name
+    return _outputs(contract, model_name, _request(contract, inputs, device, model_name).exec())
+
+
+class BlsCaller:
+    """The orchestrator's ModelCaller inside Triton: ``bls_call`` for one call, ``call_many`` for the
+    CFG-parallel halves, sent at once with ``async_exec`` and awaited together.
+
+    ``half_gpus`` are the GPUs the halves run on, in order (the caller's own first); with ``per_gpu``
+    half i goes to the component's copy on ``half_gpus[i]`` and its inputs are placed there first, else
+    all halves go to the one model and Triton gives them to its free instances (one per GPU)."""
+
+    def __init__(self, device: torch.device, per_gpu: bool = False, half_gpus: tuple[int, ...] = ()):
+        self.device = device
+        self.per_gpu = per_gpu
+        self.half_gpus = half_gpus
+
+    def __call__(self, contract: ModelContract, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return bls_call(contract, inputs, self.device, self.per_gpu)
+
+    def call_many(self, contract: ModelContract, inputs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        names, requests = [], []
+        for i, one in enumerate(inputs):
+            gpu = self.half_gpus[i % len(self.half_gpus)] if self.half_gpus else None
+            if self.per_gpu and gpu is not None:
+                name = contracts.gpu_model_name(contract.name, gpu)
+                one = {k: v.to(f"cuda:{gpu}") if isinstance(v, torch.Tensor) else v for k, v in one.items()}
+            else:
+                name = contract.name
+            names.append(name)
+            # Outputs come back to the caller's device, where the halves are joined.
+            requests.append(_request(contract, one, self.device, name))
+        responses = _run_concurrently(requests)
+        return [_outputs(contract, name, response) for name, response in zip(names, responses)]
+
+
+def _run_concurrently(requests: list["pb_utils.InferenceRequest"]) -> list["pb_utils.InferenceResponse"]:
+    """Every request in flight at once; their responses in order.
+
+    ``async_exec`` needs a running asyncio loop (it hands ``exec`` to the loop's executor threads).
+    The entry models' ``execute`` is synchronous in both the plain and the decoupled model, so no loop
+    runs in this thread and a private one serves these requests alone."""
+    async def all_of():
+        return await asyncio.gather(*(request.async_exec() for request in requests))
+
+    return list(asyncio.run(all_of()))
