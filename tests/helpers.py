@@ -57,13 +57,15 @@ def tensors(config_tensors, is_input: bool):
     return result
 
 
-def declared(specs):
-    return {spec.name: (spec.datatype, spec.dims, spec.optional) for spec in specs}
+def declared(specs, is_input: bool = True):
+    """As ``tensors`` reads a config: Triton marks inputs optional, never outputs (an optional output is
+    one a model returns only when asked)."""
+    return {spec.name: (spec.datatype, spec.dims, spec.optional and is_input) for spec in specs}
 
 
 def assert_agrees(config, contract: contracts.ModelContract) -> None:
     assert config.name == contract.name
     assert config.max_batch_size == 0
     assert tensors(config.input, True) == declared(contract.inputs)
-    assert tensors(config.output, False) == declared(contract.outputs)
+    assert tensors(config.output, False) == declared(contract.outputs, is_input=False)
     assert config.model_transaction_policy.decoupled == contract.decoupled
