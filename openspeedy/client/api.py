@@ -35,6 +35,9 @@ OPTIONAL_INPUTS = {
     "target_fps": "TARGET_FPS",
     "seed": "SEED",
     "decode_chunk_size": "DECODE_CHUNK_SIZE",
+    # Opt-in approximations (docs/speed.md): guidance_interval=(start, end), feature_reuse_interval=N.
+    "guidance_interval": "GUIDANCE_INTERVAL",
+    "feature_reuse_interval": "FEATURE_REUSE_INTERVAL",
 }
 
 # How often a waiting client looks at its cancel flag and deadline: well under one denoising step.
@@ -181,7 +184,8 @@ def request_arrays(image: Any, prompt: str, **options: Any) -> dict[str, np.ndar
         if spec.datatype == "BYTES":
             arrays[spec.name] = np.array([str(value).encode("utf-8")], dtype=np.object_)
         else:
-            arrays[spec.name] = np.array([value], dtype=spec.numpy_dtype)
+            values = list(value) if spec.dims != (1,) else [value]  # GUIDANCE_INTERVAL: (start, end)
+            arrays[spec.name] = np.array(values, dtype=spec.numpy_dtype)
     return arrays
 
 

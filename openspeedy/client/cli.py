@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-fps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--decode-chunk-size", type=int)
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
+                        help="opt-in approximation: guidance only on this fraction of the steps, e.g. 0 0.6")
+    parser.add_argument("--feature-reuse-interval", type=int, metavar="N",
+                        help="opt-in approximation: the UNet's deep features recomputed every N steps")
     parser.add_argument("--timeout", type=float, help="seconds to wait for the video (retries included)")
     parser.add_argument("--priority", type=int, default=0, help="1: before default requests (2) in the queue")
     parser.add_argument("--retries", type=int, default=RetryPolicy.attempts - 1,
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     options = {
         key: getattr(args, key)
         for key in ("negative_prompt", "num_frames", "height", "width", "num_inference_steps",
-                    "guidance_scale", "target_fps", "seed", "decode_chunk_size")
+                    "guidance_scale", "target_fps", "seed", "decode_chunk_size", "guidance_interval",
+                    "feature_reuse_interval")
     }
     stream = args.protocol == "grpc" if args.stream is None else args.stream
     if stream and args.protocol != "grpc":

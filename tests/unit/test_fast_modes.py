@@ -112,3 +112,13 @@ def test_same_mode_same_video(local_pipeline):
 def test_bad_mode_inputs_are_named(inputs, match):
     with pytest.raises(InvalidInput, match=match):
         request(**inputs)
+
+
+def test_client_sends_the_modes_as_the_contract_declares_them():
+    from openspeedy.client.api import request_arrays
+
+    arrays = request_arrays(b"png", "x", guidance_interval=(0.0, 0.6), feature_reuse_interval=3)
+    interval = arrays["GUIDANCE_INTERVAL"]
+    assert interval.dtype == np.float32 and interval.shape == (2,)
+    np.testing.assert_allclose(interval, [0.0, 0.6])
+    assert arrays["FEATURE_REUSE_INTERVAL"].dtype == np.int32 and arrays["FEATURE_REUSE_INTERVAL"].tolist() == [3]
