@@ -83,6 +83,12 @@ class ModelContract:
         return dataclasses.replace(self, inputs=tuple(s for s in self.inputs if not s.optional),
                                    outputs=tuple(s for s in self.outputs if not s.optional))
 
+    def outputs_for(self, inputs) -> tuple[str, ...]:
+        """The outputs a call with these inputs asks for: every required one, and an optional output NAME
+        only when the call carries the input RETURN_NAME (a model config without it, e.g. an exported
+        runtime's, would refuse a request that names it)."""
+        return tuple(spec.name for spec in self.outputs if not spec.optional or f"RETURN_{spec.name}" in inputs)
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.inputs)

@@ -81,7 +81,7 @@ def _request(contract: ModelContract, inputs: Mapping[str, Any], device: torch.d
         options["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, gpu)
     return pb_utils.InferenceRequest(
         model_name=model_name,
-        requested_output_names=list(contract.output_names),
+        requested_output_names=list(contract.outputs_for(inputs)),
         inputs=[to_triton(name, value) for name, value in inputs.items()],
         **options,
     )

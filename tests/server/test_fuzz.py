@@ -49,6 +49,7 @@ INT_FIELDS = {
     "NUM_INFERENCE_STEPS": (1, S.max_num_inference_steps, 2, S.default_num_inference_steps),
     "TARGET_FPS": (1, S.max_target_fps, S.max_target_fps, S.default_target_fps),
     "DECODE_CHUNK_SIZE": (0, S.max_decode_chunk_size, S.max_decode_chunk_size, S.default_decode_chunk_size),
+    "FEATURE_REUSE_INTERVAL": (1, S.max_feature_reuse_interval, 3, S.default_feature_reuse_interval),
 }
 
 GOOD_IMAGES = [
@@ -70,6 +71,8 @@ BASE = {
     "TARGET_FPS": np.array([8], dtype=np.int32),
     "SEED": np.array([7], dtype=np.int64),
     "DECODE_CHUNK_SIZE": np.array([0], dtype=np.int32),
+    "GUIDANCE_INTERVAL": np.array([0.0, 1.0], dtype=np.float32),
+    "FEATURE_REUSE_INTERVAL": np.array([1], dtype=np.int32),
 }
 OTHER_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.float16, np.float32, np.float64,
                 np.bool_, np.object_]
@@ -144,6 +147,10 @@ TEXTS = st.one_of(
 )
 
 
+FRACTIONS = st.one_of(st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.0000001, -1e-45, math.nan, math.inf]),
+                      st.floats(0.0, 1.0, width=32), st.floats(width=32, allow_nan=True, allow_infinity=True))
+
+
 @st.composite
 def images(draw) -> tuple[bytes, str]:
     """(file, verdict): verdict "good", "bad" or "maybe"."""
@@ -171,7 +178,7 @@ def wrong_dtype_array(spec, draw) -> np.ndarray:
 
 
 def wrong_shape_array(spec, draw) -> np.ndarray:
-    shape = draw(st.sampled_from([(2,), (1, 1), (0,), (3,), (1, 2)]))
+    shape = draw(st.sampled_from([s for s in [(2,), (1, 1), (0,), (3,), (1, 2)] if s != spec.dims]))
     count = int(np.prod(shape))
     element = BASE[spec.name][0]
     return np.array([element] * count, dtype=spec.numpy_dtype).reshape(shape)
@@ -218,6 +225,12 @@ def fuzz_requests(draw) -> FuzzRequest:
             if not text_is_valid(raw):
                 request.bad.add(name)
             request.changes.append(f"{name} {raw[:30]!r}{'...' if len(raw) > 30 else ''}")
+        elif name == "GUIDANCE_INTERVAL":
+            start, end = (np.float32(draw(FRACTIONS)) for _ in range(2))
+            request.arrays[name] = np.array([start, end], dtype=np.float32)
+            if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
+                request.bad.add(name)
+            request.changes.append(f"{name} ({start!r}, {end!r})")
         elif spec.datatype == "FP32":
             value = np.float32(draw(st.one_of(
                 st.sampled_from([math.nan, math.inf, -math.inf, -0.0, -1.0, 0.0, 1.0, S.max_guidance_scale,

@@ -122,3 +122,10 @@ def test_client_sends_the_modes_as_the_contract_declares_them():
     assert interval.dtype == np.float32 and interval.shape == (2,)
     np.testing.assert_allclose(interval, [0.0, 0.6])
     assert arrays["FEATURE_REUSE_INTERVAL"].dtype == np.int32 and arrays["FEATURE_REUSE_INTERVAL"].tolist() == [3]
+
+
+def test_optional_outputs_are_asked_for_only_with_their_return_input():
+    from openspeedy.contracts import UNET
+
+    assert UNET.outputs_for({"SAMPLE": 0}) == ("NOISE_PRED",)
+    assert UNET.outputs_for({"SAMPLE": 0, "RETURN_DEEP_FEATURES": 1}) == ("NOISE_PRED", "DEEP_FEATURES")
