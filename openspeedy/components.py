@@ -160,6 +160,7 @@ class UNet:
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
             convert_linears_to_fp8(self.model)
         self.eager_model = self.model
+        self.reuses_features = feature_reuse.shallow_path_supported(self.eager_model)
         paths = {"plain": self._plain, "full": self._full, "shallow": self._shallow}
         compile_mode = options.get("compile_mode", "")
         if compile_mode:
@@ -210,7 +211,7 @@ class UNet:
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         args = [inputs[name].to(self.device) for name in UNET_MODEL_INPUTS]
         deep, keep = inputs.get("DEEP_FEATURES"), inputs.get("RETURN_DEEP_FEATURES")
-        if (deep is not None or keep is not None) and not feature_reuse.shallow_path_supported(self.eager_model):
+        if (deep is not None or keep is not None) and not self.reuses_features:
             raise ValueError("unet: this architecture has no shallow path for feature reuse")
         if deep is not None:
             (noise,) = self._run("shallow", *args, deep.to(self.device))

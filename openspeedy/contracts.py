@@ -148,6 +148,8 @@ VAE_ENCODER = ModelContract(
 
 # The UNet works in latent space: its height and width are the VAE latent's.
 _LATENT_VIDEO = ("batch", "channels", "frames", "height", "width")
+# Feature reuse's deep features: the last up block's input, frames folded into the batch (row-major).
+_DEEP_FEATURES = ("batch_frames", "deep_channels", "height", "width")
 
 UNET = ModelContract(
     name="unet",
@@ -162,16 +164,14 @@ UNET = ModelContract(
                    description="[B, 1, width] image embeddings"),
         # Step-level feature reuse, PyTorch runtime only (runtimes fixed at export serve UNET.required()):
         # a full step that keeps its deep features, or a shallow step that takes them from one.
-        TensorSpec("DEEP_FEATURES", "FP32", ("batch_frames", "deep_channels", "height", "width"),
-                   optional=True,
+        TensorSpec("DEEP_FEATURES", "FP32", _DEEP_FEATURES, optional=True,
                    description="[B*F, C', h, w] deep features of an earlier full step: run the shallow path"),
         TensorSpec("RETURN_DEEP_FEATURES", "INT32", (1,), optional=True,
                    description="1: a full step that also returns DEEP_FEATURES"),
     ),
     outputs=(
         TensorSpec("NOISE_PRED", "FP32", _LATENT_VIDEO, description="[B, C, F, h, w] model output"),
-        TensorSpec("DEEP_FEATURES", "FP32", ("batch_frames", "deep_channels", "height", "width"),
-                   optional=True,
+        TensorSpec("DEEP_FEATURES", "FP32", _DEEP_FEATURES, optional=True,
                    description="[B*F, C', h, w] input of the last up block, when RETURN_DEEP_FEATURES is 1"),
     ),
 )

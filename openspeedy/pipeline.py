@@ -34,6 +34,11 @@ class ModelCaller(Protocol):
 _PER_ROW_INPUTS = ("SAMPLE", "ENCODER_HIDDEN_STATES", "FPS", "IMAGE_LATENTS", "IMAGE_EMBEDDINGS")
 
 
+def _feature_rows(features: torch.Tensor, first: int, rows: int, frames: int) -> torch.Tensor:
+    """Rows ``first`` to ``first + rows`` of deep features laid out [rows * frames, ...], row-major."""
+    return features[first * frames:(first + rows) * frames]
+
+
 class LocalModels:
     """Calls components in this process, holding both sides to the contracts like Triton does."""
 
@@ -211,8 +216,8 @@ class I2VGenXL:
             half = dict(inputs)
             for name in _PER_ROW_INPUTS:
                 half[name] = inputs[name][row:row + 1]
-            if "DEEP_FEATURES" in inputs:  # [rows * frames, ...], row-major
-                half["DEEP_FEATURES"] = inputs["DEEP_FEATURES"][row * frames:(row + 1) * frames]
+            if "DEEP_FEATURES" in inputs:
+                half["DEEP_FEATURES"] = _feature_rows(inputs["DEEP_FEATURES"], row, 1, frames)
             halves.append(half)
         call_many = getattr(self.call_model, "call_many", None)
         if call_many is None:
@@ -235,8 +240,8 @@ class I2VGenXL:
         features, rows = deep
         if rows < rows_in_call:
             return None
-        # Features are [rows * frames, ...], row-major: the conditional row is the last block of frames.
-        return features[-rows_in_call * request.num_frames:] if rows > rows_in_call else features
+        # Fewer rows than kept: the conditional one, the last.
+        return _feature_rows(features, rows - rows_in_call, rows_in_call, request.num_frames)
 
     @staticmethod
     def _scheduler_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor):

@@ -91,8 +91,8 @@ class GenerationRequest:
         return self.do_classifier_free_guidance and start * total <= step < end * total
 
 
-def _scalar(inputs: Mapping[str, Any], name: str) -> Any | None:
-    """The single element of an optional [1] input, after checking its dtype and shape; None if absent."""
+def _array(inputs: Mapping[str, Any], name: str) -> np.ndarray | None:
+    """An optional input as an array, after checking its dtype and the contract's shape; None if absent."""
     value = inputs.get(name)
     if value is None:
         return None
@@ -103,21 +103,22 @@ def _scalar(inputs: Mapping[str, Any], name: str) -> Any | None:
             raise InvalidInput(name, f"must be BYTES, got {array.dtype}")
     elif array.dtype != spec.numpy_dtype:
         raise InvalidInput(name, f"must be {spec.datatype}, got {array.dtype}")
-    if array.shape != (1,):
-        raise InvalidInput(name, f"must have shape [1], got {list(array.shape)}")
-    return array[0]
+    if array.shape != spec.dims:
+        raise InvalidInput(name, f"must have shape {list(spec.dims)}, got {list(array.shape)}")
+    return array
+
+
+def _scalar(inputs: Mapping[str, Any], name: str) -> Any | None:
+    """The single element of an optional [1] input, checked as ``_array`` does; None if absent."""
+    array = _array(inputs, name)
+    return None if array is None else array[0]
 
 
 def _interval(inputs: Mapping[str, Any], settings: RequestSettings) -> tuple[float, float]:
     name = "GUIDANCE_INTERVAL"
-    value = inputs.get(name)
-    if value is None:
+    array = _array(inputs, name)
+    if array is None:
         return settings.default_guidance_interval_start, settings.default_guidance_interval_end
-    array = np.asarray(value)
-    if array.dtype != np.float32:
-        raise InvalidInput(name, f"must be FP32, got {array.dtype}")
-    if array.shape != (2,):
-        raise InvalidInput(name, f"must have shape [2] (start, end), got {list(array.shape)}")
     start, end = (float(v) for v in array)
     if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
         raise InvalidInput(name, f"must be fractions of the steps with 0 <= start < end <= 1, got ({start}, {end})")

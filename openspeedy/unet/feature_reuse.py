@@ -90,7 +90,6 @@ def full_step(unet: I2VGenXLUNet, sample, timestep, fps, image_latents, image_em
             sample, res = block(hidden_states=sample, temb=emb, num_frames=num_frames)
         down_block_res_samples += res
     sample = unet.mid_block(sample, emb, encoder_hidden_states=context_emb, num_frames=num_frames)
-    deep = sample
     upsample_size = None
     for i, block in enumerate(unet.up_blocks):
         is_final_block = i == len(unet.up_blocks) - 1
