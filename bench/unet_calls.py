@@ -29,7 +29,7 @@ from bench.common import (
 )
 from openspeedy.components import load_component, parse_shapes
 from openspeedy.contracts import UNET
-from openspeedy.example_inputs import example_inputs
+from openspeedy.example_inputs import as_cfg_pair, example_inputs
 from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
 
 
@@ -146,7 +146,9 @@ def main() -> None:
     for variant in filter(None, args.variants.split(",")):
         unet, started = load(args.checkpoint, variant, dtype)
         if inputs is None:
-            inputs = example_inputs(UNET, unet.sizes(frames, height, width), device=DEVICE)
+            # A CFG call as the pipeline makes it (the rows share the sample): what runtimes that compute
+            # the shared layers once see in a video. FLOPs are counted for the pair in full.
+            inputs = as_cfg_pair(example_inputs(UNET, unet.sizes(frames, height, width), device=DEVICE))
             inputs["TIMESTEP"] = torch.tensor([500], device=DEVICE)
             flops = count_unet_flops(unet, inputs)
             results["flops"] = flops

@@ -26,9 +26,9 @@ except ImportError:  # older transformers 5: the class is the Pillow one
 from openspeedy import contracts
 from openspeedy.contracts import ModelContract
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
-from openspeedy.example_inputs import example_inputs, unet_sizes
+from openspeedy.example_inputs import as_cfg_pair, example_inputs, unet_sizes
 from openspeedy.model_config import flag
-from openspeedy.unet import feature_reuse
+from openspeedy.unet import feature_reuse, staged_forward
 from openspeedy.unet.cuda_graphs import GraphedCallable
 from openspeedy.unet.fp8 import convert_linears_to_fp8, fp8_supported
 from openspeedy.unet.layout import temporal_convs_as_2d, to_channels_last
@@ -137,8 +137,9 @@ class UNet:
 
     Options (config parameters) choose the runtime techniques, each in its own module under
     openspeedy/unet/: fused QKV, temporal convolutions as 2D ones, the temporal attention kernel,
-    torch.compile, whole-forward CUDA graphs. With the inputs DEEP_FEATURES / RETURN_DEEP_FEATURES it
-    runs the shallow or the feature-keeping path of step-level feature reuse instead."""
+    torch.compile, whole-forward CUDA graphs, the CFG pair's shared layers once. With the inputs
+    DEEP_FEATURES / RETURN_DEEP_FEATURES it runs the shallow or the feature-keeping path of step-level
+    feature reuse instead."""
 
     contract = contracts.UNET
     runtime = "torch"
@@ -161,21 +162,30 @@ class UNet:
             convert_linears_to_fp8(self.model)
         self.eager_model = self.model
         self.reuses_features = feature_reuse.shallow_path_supported(self.eager_model)
-        paths = {"plain": self._plain, "full": self._full, "shallow": self._shallow}
+        # A CFG call whose two rows share the sample computes the layers before the first cross-attention
+        # once (openspeedy/unet/staged_forward.py); the plain path is then the staged forward too.
+        self.shares_cfg_rows = flag(options, "share_cfg_rows")
+        if self.shares_cfg_rows and not staged_forward.staged_first_block(self.eager_model):
+            raise ValueError("unet: share_cfg_rows needs a cross-attention first down block (the published one)")
+        plain = self._staged_plain if self.shares_cfg_rows else self._plain
+        paths = {"plain": plain, "full": self._full, "shallow": self._shallow}
         compile_mode = options.get("compile_mode", "")
         if compile_mode:
             if options.get("compile_cache_dir"):
                 use_compile_cache(Path(options["compile_cache_dir"]))
             # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs need them.
             mode = None if compile_mode == "default" else compile_mode
-            self.model = torch.compile(self.model, mode=mode, dynamic=False)  # the plain path calls self.model
-            paths |= {name: torch.compile(paths[name], mode=mode, dynamic=False) for name in ("full", "shallow")}
+            self.model = torch.compile(self.model, mode=mode, dynamic=False)  # diffusers' plain path calls it
+            staged = ("full", "shallow", "plain") if self.shares_cfg_rows else ("full", "shallow")
+            paths |= {name: torch.compile(paths[name], mode=mode, dynamic=False) for name in staged}
         self.paths = {name: self._in_contract_precision(fn) for name, fn in paths.items()}
         if flag(options, "cuda_graphs") and device.type == "cuda":
             limit = int(options.get("max_cuda_graphs", 4))  # per path; later shapes run without a graph
             self.paths = {name: GraphedCallable(fn, max_graphs=limit) for name, fn in self.paths.items()}
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
             inputs = example_inputs(self.contract, self.sizes(frames, height, width), device=self.device)
+            if self.shares_cfg_rows:  # compile and capture what the pipeline's CFG calls send
+                inputs = as_cfg_pair(inputs)
             self.infer(inputs)
             if flag(options, "feature_reuse"):
                 deep = self.infer(inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)})
@@ -184,6 +194,10 @@ class UNet:
     def _plain(self, sample, timestep, encoder_hidden_states, fps, image_latents, image_embeddings):
         return (self.model(sample, timestep, fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
                            encoder_hidden_states=encoder_hidden_states, return_dict=False)[0],)
+
+    def _staged_plain(self, sample, timestep, encoder_hidden_states, fps, image_latents, image_embeddings):
+        return staged_forward.forward(self.eager_model, sample, timestep, fps, image_latents, image_embeddings,
+                                      encoder_hidden_states)[:1]
 
     def _full(self, sample, timestep, encoder_hidden_states, fps, image_latents, image_embeddings):
         return feature_reuse.full_step(self.eager_model, sample, timestep, fps, image_latents, image_embeddings,
@@ -207,9 +221,20 @@ class UNet:
         """The contract's axis sizes for one CFG call at a video size in pixels."""
         return unet_sizes(self.eager_model.config, frames, height // 8, width // 8, batch)
 
+    def _one_row_if_shared(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``args`` with SAMPLE, FPS and IMAGE_LATENTS cut to one row where a CFG pair's two rows hold the
+        same values in them (what the pipeline sends): the staged forward then computes their shared
+        layers once. One comparison on the device, one synchronisation per call."""
+        positions = [UNET_MODEL_INPUTS.index(name) for name in contracts.UNET_CFG_SHARED_INPUTS]
+        if not self.shares_cfg_rows or args[0].shape[0] != 2:
+            return args
+        if not bool(torch.stack([(args[i][0] == args[i][1]).all() for i in positions]).all()):
+            return args
+        return [arg[:1] if i in positions else arg for i, arg in enumerate(args)]
+
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        args = [inputs[name].to(self.device) for name in UNET_MODEL_INPUTS]
+        args = self._one_row_if_shared([inputs[name].to(self.device) for name in UNET_MODEL_INPUTS])
         deep, keep = inputs.get("DEEP_FEATURES"), inputs.get("RETURN_DEEP_FEATURES")
         if (deep is not None or keep is not None) and not self.reuses_features:
             raise ValueError("unet: this architecture has no shallow path for feature reuse")

@@ -178,6 +178,9 @@ UNET = ModelContract(
 
 # The UNet served by runtimes fixed at export (ONNX graph, TensorRT engine): its required tensors only.
 UNET_EXPORTED = UNET.required()
+# The UNet inputs whose two rows in a classifier-free-guidance call are equal (the pipeline repeats
+# them; only the prompt and image embeddings differ between the unconditional and conditional row).
+UNET_CFG_SHARED_INPUTS = ("SAMPLE", "FPS", "IMAGE_LATENTS")
 
 VAE_DECODER = ModelContract(
     name="vae_decoder",

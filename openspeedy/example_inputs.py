@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from openspeedy.contracts import PROMPT_TOKENS, ModelContract
+from openspeedy.contracts import PROMPT_TOKENS, UNET_CFG_SHARED_INPUTS, ModelContract
 
 _TORCH_DTYPES = {"FP32": torch.float32, "INT64": torch.int64, "INT32": torch.int32, "UINT8": torch.uint8}
 
@@ -48,3 +48,9 @@ def unet_sizes(config, frames: int, height: int, width: int, batch: int = 2,
     (``height`` and ``width`` in latent pixels); ``batch`` 2 is one classifier-free-guidance call."""
     return {"batch": batch, "channels": config.in_channels, "frames": frames, "height": height, "width": width,
             "tokens": tokens, "features": config.cross_attention_dim, "image_tokens": 1}
+
+
+def as_cfg_pair(unet_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """UNet inputs of two rows made a classifier-free-guidance call like the pipeline's: the rows share
+    the sample, fps and image latents (the first row's) and keep their own embeddings."""
+    return dict(unet_inputs) | {name: torch.cat([unet_inputs[name][:1]] * 2) for name in UNET_CFG_SHARED_INPUTS}

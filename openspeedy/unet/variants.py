@@ -21,9 +21,12 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "compile-layout": _LAYOUT | {"compile_mode": "default"},
     # + the fused temporal attention kernel (openspeedy/unet/temporal_attention.py).
     "compile-attention": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default"},
-    # + the whole forward as one CUDA graph per shape (openspeedy/unet/cuda_graphs.py): the fastest
-    # lossless runtime measured.
-    "fast": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true"},
+    # + the whole forward as one CUDA graph per shape (openspeedy/unet/cuda_graphs.py).
+    "fast-unshared": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true"},
+    # + the CFG pair's layers before the first cross-attention once (openspeedy/unet/staged_forward.py):
+    # the fastest lossless runtime measured.
+    "fast": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
+                       "share_cfg_rows": "true"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
     "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
     "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},

@@ -1,6 +1,7 @@
-"""The lossless UNet techniques (temporal attention kernel, whole-forward CUDA graphs) change speed, not
-results; feature reuse's full path is diffusers' forward, bit for bit. On a CPU the attention op is SDPA
-itself and CUDA graphs are off; the tests marked gpu run the kernel and the graphs where CUDA exists."""
+"""The lossless UNet techniques (temporal attention kernel, whole-forward CUDA graphs, the CFG pair's shared
+layers once) change speed, not results; the staged forward is diffusers' forward, bit for bit. On a CPU the
+attention op is SDPA itself and CUDA graphs are off; the tests marked gpu run the kernel and the graphs where
+CUDA exists."""
 
 import os
 
@@ -10,7 +11,8 @@ from diffusers import I2VGenXLUNet
 
 from openspeedy import contracts
 from openspeedy.components import load_component
-from openspeedy.example_inputs import example_inputs
+from openspeedy.example_inputs import as_cfg_pair, example_inputs
+from openspeedy.unet import staged_forward
 from openspeedy.unet.cuda_graphs import GraphedCallable
 from openspeedy.unet.feature_reuse import full_step, shallow_path_supported, shallow_step
 from openspeedy.unet.temporal_attention import (
@@ -161,3 +163,78 @@ def test_compile_cache_dir_takes_effect_after_torch_chose_its_default(tiny_check
     load_component("unet", tiny_checkpoint, options={"compile_mode": "default", "compile_cache_dir": str(tmp_path)})
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+
+
+SHARED = contracts.UNET_CFG_SHARED_INPUTS
+
+
+@pytest.fixture(scope="module")
+def cfg_inputs(inputs):
+    """A CFG call as the pipeline makes it: both rows share the sample, image latents, timestep and fps."""
+    return as_cfg_pair(inputs)
+
+
+class ConvInRows:
+    """Counts the rows the input convolution sees (frames x CFG rows computed)."""
+
+    def __init__(self, unet):
+        self.rows = []
+        unet.conv_in.register_forward_hook(lambda _m, args, _out: self.rows.append(args[0].shape[0]))
+
+
+def test_staged_forward_computes_shared_rows_once(diffusers_unet, cfg_inputs):
+    frames = cfg_inputs["SAMPLE"].shape[2]
+    one_row = {name: cfg_inputs[name][:1] if name in SHARED else cfg_inputs[name] for name in cfg_inputs}
+    with torch.no_grad():
+        expected, expected_deep = staged_forward.forward(diffusers_unet, *reuse_arguments(cfg_inputs))
+        assert torch.equal(expected, call(diffusers_unet, cfg_inputs))
+        counted = ConvInRows(diffusers_unet)
+        noise, deep = staged_forward.forward(diffusers_unet, *reuse_arguments(one_row))
+        shallow = shallow_step(diffusers_unet, *reuse_arguments(one_row), expected_deep)
+    assert counted.rows == [frames, frames]  # once per path: one row, not the pair
+    torch.testing.assert_close(noise, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(deep, expected_deep, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shallow, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(noise[0], noise[1])  # the rows still differ where their embeddings do
+
+
+def test_staged_forward_refuses_rows_that_do_not_divide(diffusers_unet, inputs):
+    three = inputs | {"ENCODER_HIDDEN_STATES": torch.cat([inputs["ENCODER_HIDDEN_STATES"]] * 3)[:3]}
+    with torch.no_grad(), pytest.raises(ValueError, match="SAMPLE has 2 rows, ENCODER_HIDDEN_STATES 3"):
+        staged_forward.forward(diffusers_unet, *reuse_arguments(three))
+
+
+def test_unet_shares_cfg_rows_only_where_they_are_equal(tiny_checkpoint, inputs, cfg_inputs):
+    plain = load_component("unet", tiny_checkpoint)
+    shared = load_component("unet", tiny_checkpoint, options={"share_cfg_rows": "true"})
+    counted = ConvInRows(shared.eager_model)
+    frames = inputs["SAMPLE"].shape[2]
+    # Rows that differ in the sample: the pair is computed in full, bit for bit diffusers' forward.
+    assert torch.equal(shared.infer(inputs)["NOISE_PRED"], plain.infer(inputs)["NOISE_PRED"])
+    assert counted.rows == [2 * frames]
+    expected = plain.infer(cfg_inputs)
+    torch.testing.assert_close(shared.infer(cfg_inputs)["NOISE_PRED"], expected["NOISE_PRED"], rtol=1e-5, atol=1e-5)
+    assert counted.rows[-1] == frames
+    keep = shared.infer(cfg_inputs | {"RETURN_DEEP_FEATURES": ONE})
+    full = plain.infer(cfg_inputs | {"RETURN_DEEP_FEATURES": ONE})
+    torch.testing.assert_close(keep["DEEP_FEATURES"], full["DEEP_FEATURES"], rtol=1e-5, atol=1e-5)
+    reused = shared.infer(cfg_inputs | {"DEEP_FEATURES": full["DEEP_FEATURES"]})["NOISE_PRED"]
+    torch.testing.assert_close(reused, plain.infer(cfg_inputs | {"DEEP_FEATURES": full["DEEP_FEATURES"]})["NOISE_PRED"],
+                               rtol=1e-5, atol=1e-5)
+    assert counted.rows[-2:] == [frames, frames]
+    one = {name: value[1:] if value.shape[0] == 2 else value for name, value in cfg_inputs.items()}
+    assert torch.equal(shared.infer(one)["NOISE_PRED"], plain.infer(one)["NOISE_PRED"])  # batch 1: nothing to share
+
+
+def test_shared_cfg_rows_keep_the_video(tiny_checkpoint, local_pipeline):
+    from tests.unit.test_fast_modes import request
+
+    shared = load_component("unet", tiny_checkpoint, options={"share_cfg_rows": "true"})
+    exact = local_pipeline.denoise(request())
+    local_pipeline.call_model.components["unet"], unet = shared, local_pipeline.call_model.components["unet"]
+    try:
+        latents = local_pipeline.denoise(request())
+    finally:
+        local_pipeline.call_model.components["unet"] = unet
+    assert not torch.equal(latents, exact)  # computed another way: batch-1 rounding
+    assert float((latents - exact).norm() / exact.norm()) < 1e-5
