@@ -39,7 +39,8 @@ if triton is not None:
 
     @triton.jit
     def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, q_batch, q_token, k_batch, k_token, v_batch, v_token,
-                          o_batch, o_token, frames, scale, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+                          o_batch, o_token, frames, scale, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+                          PRECISION: tl.constexpr):
         sequence = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         tokens = tl.arange(0, BLOCK)
@@ -48,12 +49,12 @@ if triton is not None:
         q = tl.load(q_ptr + sequence * q_batch + tokens[:, None] * q_token + columns, mask=valid, other=0.0)
         k = tl.load(k_ptr + sequence * k_batch + tokens[:, None] * k_token + columns, mask=valid, other=0.0)
         v = tl.load(v_ptr + sequence * v_batch + tokens[:, None] * v_token + columns, mask=valid, other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale  # float32 accumulation
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # float32 accumulation
         scores = tl.where(tokens[None, :] < frames, scores, float("-inf"))
         scores = scores - tl.max(scores, 1)[:, None]
         weights = tl.exp(scores)
         weights = weights / tl.sum(weights, 1)[:, None]
-        out = tl.dot(weights.to(v.dtype), v)
+        out = tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
         tl.store(o_ptr + sequence * o_batch + tokens[:, None] * o_token + columns, out.to(o_ptr.dtype.element_ty),
                  mask=valid)
 
@@ -73,6 +74,8 @@ def temporal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
             query, key, value, out, query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0),
             value.stride(1), out.stride(0), out.stride(1), frames, 1.0 / math.sqrt(head_dim), HEAD_DIM=head_dim,
             BLOCK=block, num_warps=2 if block * head_dim <= 16 * 64 else 4,
+            # tl.dot rounds float32 inputs to TF32 unless told: float32 stays float32, like SDPA's math.
+            PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         )
     return out
 

@@ -76,7 +76,8 @@ def test_kernel_matches_sdpa_at_the_unet_shapes(sequences, frames, heads, dtype)
     expected = _sdpa(q.float(), k.float(), v.float(), heads)
     out = temporal_attention(q, k, v, heads)
     assert out.is_contiguous() and out.dtype == dtype
-    assert float((out.float() - expected).norm() / expected.norm()) < 2e-3
+    # Within a few roundings of the dtype: its output and the attention weights are stored in it.
+    assert float((out.float() - expected).norm() / expected.norm()) < 2 * torch.finfo(dtype).eps
 
 
 def test_op_traces_under_torch_compile():
@@ -146,9 +147,12 @@ def test_graphs_are_bounded_in_number():
 
 
 @pytest.mark.gpu
-def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint):
+def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint, monkeypatch):
     from openspeedy.unet.variants import TORCH_VARIANTS
 
+    # PyTorch lets cuDNN round float32 convolutions to TF32 by default, which turns the paths' 1e-6
+    # differences of summation order into 1e-3 ones; in full float32 they stay at rounding level.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     eager = load_component("unet", tiny_checkpoint, "cuda")
     fast = load_component("unet", tiny_checkpoint, "cuda", options=TORCH_VARIANTS["fast"])
     inputs = example_inputs(contracts.UNET, eager.sizes(frames=4, height=64, width=64), device="cuda")
