@@ -13,7 +13,7 @@ through bench/diagnostics/timed_unet_model.py, which records the same from insid
 three calls on both sides; --in-process-after measures in process again once the server has stopped (the GPU's drift).
 
 Usage: python -m bench.gpu_serving --out DIR [--requests 3] [--steps 50] [--unet-compile-mode MODE]
-       [--unet-timings] [--in-process-after] [--served-only]
+       [--unet-timings] [--in-process-after] [--served-only] [--stream] [--compile-cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -144,6 +144,16 @@ def measure_served(args, export: ExportOptions, request) -> tuple[dict, np.ndarr
             results["served_s"] = statistics.median(served_times)
             results["served_all_s"] = served_times
             results["triton_models"] = model_statistics(client._client, since=counters)
+            if args.stream:
+                # The decoupled stream model: the same pipeline, with a progress response per step.
+                client.generate_stream(request.image_bytes, request.prompt, **options)  # its own first request
+                stream_times = []
+                for _ in range(args.requests):
+                    started = time.perf_counter()
+                    client.generate_stream(request.image_bytes, request.prompt, **options)
+                    stream_times.append(time.perf_counter() - started)
+                results["served_stream_s"] = statistics.median(stream_times)
+                results["served_stream_all_s"] = stream_times
         step_sum_after, step_count_after = step_histogram(server.metrics_url)
         results["served_denoising_step_s"] = (step_sum_after - step_sum) / max(step_count_after - step_count, 1)
     finally:
@@ -187,6 +197,10 @@ def main() -> None:
                         help=f"take the in-process results from an earlier run's {IN_PROCESS_STATE}")
     parser.add_argument("--in-process-after", action="store_true",
                         help="measure in process again after serving (the GPU's drift between the two)")
+    parser.add_argument("--stream", action="store_true", help="also time the decoupled stream model")
+    parser.add_argument("--compile-cache-dir", default="",
+                        help="the unet's compile cache folder, in process and served: the server's start is "
+                             "then a restart from the caches the in-process compile left there")
     parser.add_argument("--unet-timings", action="store_true",
                         help="serve the unet through bench/diagnostics/timed_unet_model.py: where its time goes "
                              "in the stub")
@@ -198,7 +212,8 @@ def main() -> None:
     request = video_request(args.steps)
     size = f"{request.num_frames}x{request.height}x{request.width}"
     export = ExportOptions(device="gpu", dtype="float16", unet_compile_mode=args.unet_compile_mode,
-                           warmup_shapes=size if args.unet_compile_mode else "")
+                           warmup_shapes=size if args.unet_compile_mode else "",
+                           compile_cache_dir=args.compile_cache_dir)
     results = dict(device_description(
                        note=f"full-size architecture, RANDOM fp16 weights; {size}; UNet "
                             f"{'torch.compile ' + args.unet_compile_mode if args.unet_compile_mode else 'eager'}"),
@@ -227,6 +242,8 @@ def main() -> None:
         results.update(measure_in_process(args, export, request, suffix="_after_serving")[0])
         in_process_seconds.append(results["in_process_s_after_serving"])
     results["overhead"] = results["served_s"] / statistics.mean(in_process_seconds) - 1
+    if "served_stream_s" in results:
+        results["stream_overhead"] = results["served_stream_s"] / statistics.mean(in_process_seconds) - 1
     results["served_equals_in_process"] = bool(np.array_equal(served, in_process))
     results["max_abs_uint8_served_vs_in_process"] = float(np.abs(served.astype(int) - in_process.astype(int)).max())
     save()

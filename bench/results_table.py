@@ -184,10 +184,12 @@ def gpu_serving(data: dict) -> list[str]:
     keys = [("in process s", "in_process_s"), ("in process after serving s", "in_process_s_after_serving"),
             ("in process, synchronized per UNet call s", "in_process_synchronized_per_step_s"),
             ("through Triton s", "served_s"), ("overhead vs in process", "overhead"),
+            ("through the stream model s", "served_stream_s"), ("stream overhead vs in process", "stream_overhead"),
+            ("server start to ready s", "server_start_s"),
             ("served denoising step s", "served_denoising_step_s"), ("Triton's unet call ms", "served_unet_call_ms"),
             ("served video = in-process video", "served_equals_in_process"),
             ("max uint8 difference", "max_abs_uint8_served_vs_in_process")]
-    parts = [table(("", "value"), [[label, percent(data[key]) if key == "overhead" else data[key]]
+    parts = [table(("", "value"), [[label, percent(data[key]) if key.endswith("overhead") else data[key]]
                                    for label, key in keys if key in data])]
     medians = [(side, data[key]) for side, key in (("in process", "in_process_unet_median_ms"),
                                                    ("served stub", "served_unet_stub_median_ms")) if key in data]
@@ -216,9 +218,34 @@ def startup(data: dict) -> list[str]:
     rows = [[start["run"], start["cache_files_before"], f"{start['ready_s']:.1f}"] for start in data["starts"]]
     lines = [f"`{data['variant']}` UNet at {data['shape']}:\n\n"
              + table(("start", "files in --cache-dir before", "ready s"), rows)]
-    if data.get("finding"):
-        lines.append(data["finding"])
+    lines += [data[key] for key in ("how", "finding") if data.get(key)]
     return lines
+
+
+def lossless_probe(data: dict) -> list[str]:
+    """bench/diagnostics/lossless_probe.py: cuDNN's search against its heuristics, the CFG pair's shared
+    layers at one row against two, torchao's FP8 linears against bf16 ones (all eager but the last)."""
+    forward, prefix, decode = data["unet_forward"], data["shared_prefix"], data["vae_decode"]
+    parts = [table(("measured", "cuDNN heuristics ms", "cuDNN benchmark ms"),
+                   [["UNet forward (eager, OpenSpeedy's layout)", forward["heuristic_ms"], forward["benchmark_ms"]],
+                    [f"VAE decode of {decode['frames']} frames, NCHW", decode["contiguous_heuristic_ms"],
+                     decode["contiguous_benchmark_ms"]],
+                    [f"VAE decode of {decode['frames']} frames, channels-last", decode["channels_last_heuristic_ms"],
+                     decode["channels_last_benchmark_ms"]]])]
+    convs = data["unet_convs"]
+    gained = sum(row["calls"] * (row["heuristic_ms"] - row["benchmark_ms"]) for row in convs)
+    total = sum(row["calls"] * row["heuristic_ms"] for row in convs)
+    parts.append(f"The UNet's {len(convs)} distinct 2D convolution shapes alone: cuDNN's search saves "
+                 f"{gained:.2f} of {total:.1f} ms per call.")
+    parts.append(table(("layers before the first cross-attention", "one row ms", "two rows ms"),
+                       [["conv_in, transformer_in, first resnet and temporal conv", prefix["batch1_ms"],
+                         prefix["batch2_ms"]]]))
+    if isinstance(data.get("fp8_linears"), list):
+        parts.append("torchao FP8 linear layers (dynamic per-row scales), compiled, against compiled bf16:\n\n" + table(
+            ("tokens x in -> out", "bf16 ms", "fp8 ms", "fp8 speed-up"),
+            [[f"{row['tokens']} x {row['features_in']} -> {row['features_out']}", row["bf16_ms"], row["fp8_ms"],
+              row["bf16_ms"] / row["fp8_ms"]] for row in data["fp8_linears"]]))
+    return parts
 
 
 def multi_gpu(data: dict) -> list[str]:
@@ -269,6 +296,7 @@ RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("multi_gpu_serving*.json", multi_gpu),
     ("perf_analyzer*.json", perf_analyzer),
     ("cudnn_attention_probe*.json", cudnn_probe),
+    ("lossless_probe*.json", lossless_probe),
 ]
 
 
