@@ -175,8 +175,9 @@ class UNet:
                 use_compile_cache(Path(options["compile_cache_dir"]))
             # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs need them.
             mode = None if compile_mode == "default" else compile_mode
-            self.model = torch.compile(self.model, mode=mode, dynamic=False)  # diffusers' plain path calls it
             staged = ("full", "shallow", "plain") if self.shares_cfg_rows else ("full", "shallow")
+            if not self.shares_cfg_rows:  # diffusers' forward, which the plain path calls
+                self.model = torch.compile(self.model, mode=mode, dynamic=False)
             paths |= {name: torch.compile(paths[name], mode=mode, dynamic=False) for name in staged}
         self.paths = {name: self._in_contract_precision(fn) for name, fn in paths.items()}
         if flag(options, "cuda_graphs") and device.type == "cuda":
@@ -225,9 +226,9 @@ class UNet:
         """``args`` with SAMPLE, FPS and IMAGE_LATENTS cut to one row where a CFG pair's two rows hold the
         same values in them (what the pipeline sends): the staged forward then computes their shared
         layers once. One comparison on the device, one synchronisation per call."""
-        positions = [UNET_MODEL_INPUTS.index(name) for name in contracts.UNET_CFG_SHARED_INPUTS]
         if not self.shares_cfg_rows or args[0].shape[0] != 2:
             return args
+        positions = [UNET_MODEL_INPUTS.index(name) for name in contracts.UNET_CFG_SHARED_INPUTS]
         if not bool(torch.stack([(args[i][0] == args[i][1]).all() for i in positions]).all()):
             return args
         return [arg[:1] if i in positions else arg for i, arg in enumerate(args)]
