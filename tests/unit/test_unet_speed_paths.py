@@ -242,3 +242,16 @@ def test_shared_cfg_rows_keep_the_video(tiny_checkpoint, local_pipeline):
         local_pipeline.call_model.components["unet"] = unet
     assert not torch.equal(latents, exact)  # computed another way: batch-1 rounding
     assert float((latents - exact).norm() / exact.norm()) < 1e-5
+
+
+@pytest.mark.slow
+def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inputs):
+    """The served variant's compiled path (CUDA graphs and the Triton kernel do not apply on a CPU):
+    torch.compile traces the staged forward with one shared row and keeps the prediction."""
+    from openspeedy.unet.variants import TORCH_VARIANTS
+
+    expected = load_component("unet", tiny_checkpoint).infer(cfg_inputs)["NOISE_PRED"]
+    fast = load_component("unet", tiny_checkpoint, options=TORCH_VARIANTS["fast"])
+    counted = ConvInRows(fast.eager_model)
+    torch.testing.assert_close(fast.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-4, atol=1e-4)
+    assert counted.rows == [cfg_inputs["SAMPLE"].shape[2]]  # traced once, with the shared row
