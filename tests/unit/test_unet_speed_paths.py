@@ -21,6 +21,7 @@ from openspeedy.unet.temporal_attention import (
     temporal_attention,
     use_temporal_attention_kernel,
 )
+from openspeedy.unet.variants import TORCH_VARIANTS
 
 ONE = torch.ones(1, dtype=torch.int32)
 
@@ -148,8 +149,6 @@ def test_graphs_are_bounded_in_number():
 
 @pytest.mark.gpu
 def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint, monkeypatch):
-    from openspeedy.unet.variants import TORCH_VARIANTS
-
     # PyTorch lets cuDNN round float32 convolutions to TF32 by default, which turns the paths' 1e-6
     # differences of summation order into 1e-3 ones; in full float32 they stay at rounding level.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -248,8 +247,6 @@ def test_shared_cfg_rows_keep_the_video(tiny_checkpoint, local_pipeline):
 def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inputs):
     """The served variant's compiled path (CUDA graphs and the Triton kernel do not apply on a CPU):
     torch.compile traces the staged forward with one shared row and keeps the prediction."""
-    from openspeedy.unet.variants import TORCH_VARIANTS
-
     expected = load_component("unet", tiny_checkpoint).infer(cfg_inputs)["NOISE_PRED"]
     fast = load_component("unet", tiny_checkpoint, options=TORCH_VARIANTS["fast"])
     counted = ConvInRows(fast.eager_model)
