@@ -31,6 +31,7 @@ from openspeedy.model_config import flag
 from openspeedy.unet import feature_reuse, staged_forward
 from openspeedy.unet.cuda_graphs import GraphedCallable
 from openspeedy.unet.fp8 import convert_linears_to_fp8, fp8_supported
+from openspeedy.unet.geglu import use_fused_geglu
 from openspeedy.unet.layout import temporal_convs_as_2d, to_channels_last
 from openspeedy.unet.onnxruntime_runtime import OnnxRuntimeUNet
 from openspeedy.unet.temporal_attention import use_temporal_attention_kernel
@@ -137,7 +138,8 @@ class UNet:
 
     Options (config parameters) choose the runtime techniques, each in its own module under
     openspeedy/unet/: fused QKV, temporal convolutions as 2D ones, the temporal attention kernel,
-    torch.compile, whole-forward CUDA graphs, the CFG pair's shared layers once. With the inputs
+    torch.compile, whole-forward CUDA graphs, the CFG pair's shared layers once, the fused GEGLU kernel
+    (measured slower, off in every served variant). With the inputs
     DEEP_FEATURES / RETURN_DEEP_FEATURES it runs the shallow or the feature-keeping path of step-level
     feature reuse instead."""
 
@@ -152,6 +154,8 @@ class UNet:
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
         if flag(options, "temporal_attention_kernel"):
             use_temporal_attention_kernel(self.model)  # after fuse_qkv, which resets the processors
+        if flag(options, "fused_geglu"):
+            use_fused_geglu(self.model)  # the feed-forward's activation inside its matrix product
         if flag(options, "temporal_conv2d"):
             temporal_convs_as_2d(self.model)  # joins the channels-last graph, see openspeedy/unet/layout.py
         if flag(options, "channels_last"):

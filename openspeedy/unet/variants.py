@@ -10,6 +10,8 @@ from __future__ import annotations
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 
 _LAYOUT = {"fuse_qkv": "true", "temporal_conv2d": "true"}
+_FAST = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
+                   "share_cfg_rows": "true"}
 
 TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
@@ -25,8 +27,10 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "fast-unshared": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true"},
     # + the CFG pair's layers before the first cross-attention once (openspeedy/unet/staged_forward.py):
     # the fastest lossless runtime measured.
-    "fast": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
-                       "share_cfg_rows": "true"},
+    "fast": _FAST,
+    # + the feed-forward's GEGLU inside its matrix product (openspeedy/unet/geglu.py): measured slower
+    # than `fast` on an H200, kept so that the comparison can be rerun (docs/speed.md).
+    "fast-geglu": _FAST | {"fused_geglu": "true"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
     "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
     "fp8": {"fuse_qkv": "true", "fp8": "true", "compile_mode": "default"},
