@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers.models.activations import GEGLU
 
+from bench.common import relative_l2
 from openspeedy import contracts
 from openspeedy.components import load_component
 from openspeedy.example_inputs import example_inputs
@@ -60,12 +61,8 @@ def test_kernel_matches_float32_arithmetic(tokens, features_in, inner, bias, dty
         rounded = reference_geglu(x, linear.weight, b)  # diffusers' own, rounding the projection first
         out = geglu(x, linear.weight, b)
     assert out.shape == (tokens, inner) and out.dtype == dtype
-
-    def error(result):
-        return float((result.float() - expected).norm() / expected.norm())
-
     # One rounding to the dtype where diffusers has two: no further from float32 than diffusers is.
-    assert error(out) <= max(error(rounded), torch.finfo(dtype).eps / 4)
+    assert relative_l2(out, expected) <= max(relative_l2(rounded, expected), torch.finfo(dtype).eps / 4)
 
 
 @pytest.mark.gpu
@@ -83,4 +80,4 @@ def test_half_precision_unet_keeps_its_noise_prediction(tiny_checkpoint):
     fused = load_component("unet", tiny_checkpoint, "cuda", "float16", {"fuse_qkv": "true", "fused_geglu": "true"})
     inputs = example_inputs(contracts.UNET, plain.sizes(frames=4, height=64, width=64), device="cuda")
     expected, out = plain.infer(inputs)["NOISE_PRED"], fused.infer(inputs)["NOISE_PRED"]
-    assert float((out - expected).norm() / expected.norm()) < 5e-3
+    assert relative_l2(out, expected) < 5e-3
