@@ -56,6 +56,24 @@ def _entry_stats(triton):
     return inference["success"]["count"], inference["fail"]["count"]
 
 
+def _settled_entry_stats(triton, quiet_s: float = 1.0, timeout_s: float = 30.0):
+    """The entry model's counts once they stop moving.
+
+    The Python backend reports a request's statistics after ``execute`` returns, and the response can
+    reach the client before that, so a read straight after the last response can miss that request.
+    """
+    deadline = time.monotonic() + timeout_s
+    counts, since = _entry_stats(triton), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        latest = _entry_stats(triton)
+        if latest != counts:
+            counts, since = latest, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return counts
+    raise AssertionError(f"the entry model's statistics were still changing after {timeout_s:.0f} s")
+
+
 def test_concurrent_clients_mixed_requests_all_succeed_deterministically(triton):
     # references, one request at a time
     with Client(triton.grpc_url, "grpc", timeout_s=REQUEST_TIMEOUT_S) as client:
@@ -63,7 +81,7 @@ def test_concurrent_clients_mixed_requests_all_succeed_deterministically(triton)
     for (_, _, options), frames in zip(CASES, references):
         assert frames.shape == (options["num_frames"], options["height"], options["width"], 3)
 
-    successes_before, failures_before = _entry_stats(triton)
+    successes_before, failures_before = _settled_entry_stats(triton)
     in_flight, most_in_flight, lock = 0, 0, threading.Lock()
 
     def one_client(index):
@@ -103,7 +121,7 @@ def test_concurrent_clients_mixed_requests_all_succeed_deterministically(triton)
         assert frames.dtype == reference.dtype and frames.shape == reference.shape, (protocol, case)
         assert frames.tobytes() == reference.tobytes(), f"case {case} over {protocol} differs under load"
 
-    successes_after, failures_after = _entry_stats(triton)
+    successes_after, failures_after = _settled_entry_stats(triton)
     assert failures_after == failures_before
     assert successes_after - successes_before == CLIENTS * REQUESTS_PER_CLIENT
     print(f"{len(results)} requests from {CLIENTS} clients in {elapsed:.1f} s")
