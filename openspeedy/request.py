@@ -121,7 +121,9 @@ def _interval(inputs: Mapping[str, Any], settings: RequestSettings) -> tuple[flo
         return settings.default_guidance_interval_start, settings.default_guidance_interval_end
     start, end = (float(v) for v in array)
     if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
-        raise InvalidInput(name, f"must be fractions of the steps with 0 <= start < end <= 1, got ({start}, {end})")
+        # str() of a float32 is its shortest form: 0.8 as the client sent it, not the float64 0.800000011920929
+        raise InvalidInput(name, f"must be fractions of the steps with 0 <= start < end <= 1, "
+                                 f"got ({array[0]!s}, {array[1]!s})")
     return start, end
 
 

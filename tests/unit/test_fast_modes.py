@@ -99,6 +99,7 @@ def test_same_mode_same_video(local_pipeline):
     "inputs, match",
     [
         (interval(0.5, 0.5), "GUIDANCE_INTERVAL.*start < end"),
+        (interval(0.8, 0.2), r"GUIDANCE_INTERVAL.*got \(0\.8, 0\.2\)$"),  # as sent, not as float64
         (interval(-0.1, 0.5), "GUIDANCE_INTERVAL"),
         (interval(0.0, 1.5), "GUIDANCE_INTERVAL"),
         (interval(float("nan"), 0.5), "GUIDANCE_INTERVAL"),
