@@ -11,9 +11,13 @@ from openspeedy.ui.session import CACHE_NOTE, ERROR_TARGETS, SERVER, Generations
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SERVER = "127.0.0.1", 7860, "127.0.0.1:8001"
 # Controls in the order the generate action takes them (also the API endpoint's parameter order).
 OPTION_NAMES = ("negative_prompt", "num_frames", "height", "width", "num_inference_steps", "guidance_scale",
-                "target_fps", "seed")
+                "target_fps", "seed", "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
 # Numeric controls that start at the server's default (the model's default_* config parameters).
-DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "target_fps")
+DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "target_fps",
+             "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
+FRACTIONS = ("guidance_scale", "guidance_interval_start", "guidance_interval_end")
+FAST_MODES_NOTE = ("**Fast modes**: approximations, off at these defaults (then the video is the exact one). "
+                   "Their quality on trained weights has not been measured.")
 
 CSS = """
 .field-error, .field-error * { color: #b91c1c !important; font-weight: 600; }
@@ -40,7 +44,7 @@ def server_values(parameters: dict[str, str]) -> dict[str, float]:
     for name in DEFAULTED:
         text = parameters.get(f"default_{name}")
         if text:
-            values[name] = float(text) if name == "guidance_scale" else int(text)
+            values[name] = float(text) if name in FRACTIONS else int(text)
     return values
 
 
@@ -83,6 +87,18 @@ def build(generations: Generations):
                                                     precision=0, elem_id="seed")
                         error_slot("seed")
                     dice = gr.Button("Random seed", elem_id="random-seed", scale=1)
+                gr.Markdown(FAST_MODES_NOTE, elem_id="fast-modes")
+                with gr.Row():
+                    with gr.Column(min_width=120):
+                        numbers["feature_reuse_interval"] = gr.Number(
+                            defaults.get("feature_reuse_interval"), label="Feature reuse interval", precision=0,
+                            info="every N steps; 1: off", elem_id="feature_reuse_interval")
+                        error_slot("feature_reuse_interval")
+                    for name, label, info in (("guidance_interval_start", "Guidance from", "fraction of the steps"),
+                                              ("guidance_interval_end", "Guidance until", "0 to 1: every step")):
+                        with gr.Column(min_width=120):
+                            numbers[name] = gr.Number(defaults.get(name), label=label, info=info, elem_id=name)
+                error_slot("guidance_interval")  # under both of its fields
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -117,11 +133,13 @@ def build(generations: Generations):
             return changes
 
         def on_generate(image_path, prompt_text, negative_prompt, num_frames, height, width, num_inference_steps,
-                        guidance_scale, target_fps, seed, request: gr.Request):
+                        guidance_scale, target_fps, seed, feature_reuse_interval, guidance_interval_start,
+                        guidance_interval_end, request: gr.Request):
             yield {cache_note: "", video: None, mp4: gr.update(visible=False), gif: gr.update(visible=False)}
             values = dict(negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          target_fps=target_fps, seed=seed)
+                          target_fps=target_fps, seed=seed, feature_reuse_interval=feature_reuse_interval,
+                          guidance_interval_start=guidance_interval_start, guidance_interval_end=guidance_interval_end)
             for update in generations.run(request.session_hash, image_path, prompt_text, **values):
                 yield show(update)
 
@@ -129,14 +147,16 @@ def build(generations: Generations):
             generations.cancel(request.session_hash)
 
         def api_generate(image, prompt, negative_prompt=None, num_frames=None, height=None, width=None,
-                         num_inference_steps=None, guidance_scale=None, target_fps=None, seed=None):
+                         num_inference_steps=None, guidance_scale=None, target_fps=None, seed=None,
+                         feature_reuse_interval=None, guidance_interval_start=None, guidance_interval_end=None):
             """Generates a video from an image and a prompt; unset options take the server's defaults.
             Returns the H.264 MP4."""
             try:
                 return str(generations.generate_file(
                     image, prompt, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
                     width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                    target_fps=target_fps, seed=seed))
+                    target_fps=target_fps, seed=seed, feature_reuse_interval=feature_reuse_interval,
+                    guidance_interval_start=guidance_interval_start, guidance_interval_end=guidance_interval_end))
             except Exception as error:  # noqa: BLE001 - the API caller gets the message
                 raise gr.Error(str(error)) from None
 

@@ -33,10 +33,16 @@ CONTROLS = {
     "TARGET_FPS": "target_fps",
     "SEED": "seed",
     "DECODE_CHUNK_SIZE": "decode_chunk_size",
+    # The opt-in fast modes. The interval's error goes beside its two fields (start, end).
+    "GUIDANCE_INTERVAL": "guidance_interval",
+    "FEATURE_REUSE_INTERVAL": "feature_reuse_interval",
 }
 SERVER = "server"
 ERROR_TARGETS = (SERVER, *CONTROLS.values())
-INTEGER_OPTIONS = ("num_frames", "height", "width", "num_inference_steps", "target_fps", "seed", "decode_chunk_size")
+INTEGER_OPTIONS = ("num_frames", "height", "width", "num_inference_steps", "target_fps", "seed", "decode_chunk_size",
+                   "feature_reuse_interval")
+# The page's two fields of GUIDANCE_INTERVAL, and what an empty one means: from the first step, to the last.
+INTERVAL_FIELDS = {"guidance_interval_start": 0.0, "guidance_interval_end": 1.0}
 
 CACHE_NOTE = "This image's encodings came from the server's cache: its image-only work was skipped."
 
@@ -56,8 +62,16 @@ class Update:
 
 
 def request_options(values: dict[str, Any]) -> dict[str, Any]:
-    """The client's options from the page's values: empty fields are left to the server's defaults."""
+    """The client's options from the page's values: empty fields are left to the server's defaults.
+
+    The guidance interval is one input of two fields: both empty leave it to the server; one empty
+    stands for its end of the whole range (0 or 1)."""
+    values = dict(values)
+    bounds = {name: values.pop(name, None) for name in INTERVAL_FIELDS}
     options: dict[str, Any] = {}
+    if any(bound not in (None, "") for bound in bounds.values()):
+        options["guidance_interval"] = tuple(edge if bounds[name] in (None, "") else float(bounds[name])
+                                             for name, edge in INTERVAL_FIELDS.items())
     for name, value in values.items():
         if value is None or value == "":
             continue

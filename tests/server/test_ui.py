@@ -11,8 +11,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from openspeedy.client import Client as OpenSpeedyClient
 from openspeedy.client import example_image
 from openspeedy.video import decode_video
 from tests.helpers import free_port
@@ -153,6 +155,34 @@ def test_an_invalid_size_is_shown_beside_its_control(page):
     page.wait_for_function(DONE)
 
 
+def test_the_fast_modes_start_off_and_their_errors_are_shown_beside_them(page):
+    for name, default in (("feature_reuse_interval", 1), ("guidance_interval_start", 0), ("guidance_interval_end", 1)):
+        assert float(page.locator(f"#{name} input").input_value()) == default, name  # the server's: off
+    assert "not been measured" in page.inner_text("#fast-modes")
+
+    fill(page, num_frames=2, height=64, width=64, num_inference_steps=2, guidance_interval_start=0.8,
+         guidance_interval_end=0.2)
+    page.click("#generate")
+    interval = page.locator("#error-guidance_interval")
+    interval.wait_for(state="visible")
+    assert interval.inner_text() == ("invalid input 'GUIDANCE_INTERVAL': must be fractions of the steps with "
+                                     "0 <= start < end <= 1, got (0.8, 0.2)")
+    fields, message = page.locator("#guidance_interval_start").bounding_box(), interval.bounding_box()
+    assert 0 <= message["y"] - (fields["y"] + fields["height"]) < 40  # right under the interval's fields
+
+    fill(page, guidance_interval_start=0, guidance_interval_end=0.5, feature_reuse_interval=11)
+    page.click("#generate")
+    reuse = page.locator("#error-feature_reuse_interval")
+    reuse.wait_for(state="visible")
+    assert reuse.inner_text() == "invalid input 'FEATURE_REUSE_INTERVAL': must be between 1 and 10, got 11"
+    assert not interval.is_visible() and not page.locator("#error-server").is_visible()
+
+    fill(page, feature_reuse_interval=2)
+    page.click("#generate")
+    page.wait_for_function(DONE)
+    assert not reuse.is_visible()
+
+
 def test_cancel_stops_the_server_within_a_step(page, triton):
     log = LogTail(TRITON_LOG)
     fill(page, num_frames=16, height=128, width=128, num_inference_steps=100)
@@ -204,7 +234,7 @@ def test_tabs_each_get_their_own_progress_and_result(browser, ui):
         tab.close()
 
 
-def test_the_generate_endpoint_returns_the_mp4(ui):
+def test_the_generate_endpoint_returns_the_mp4(ui, triton):
     from gradio_client import Client, handle_file
 
     client = Client(ui, verbose=False)
@@ -213,6 +243,19 @@ def test_the_generate_endpoint_returns_the_mp4(ui):
     assert names[:2] == ["image", "prompt"]
     assert not parameters[0]["parameter_has_default"]
     assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
-    path = client.predict(image=handle_file(str(example_image())), prompt="a lighthouse", num_frames=5, height=64,
-                          width=64, num_inference_steps=3, api_name="/generate")
-    assert decode_video(open(path, "rb").read()).shape == (5, 64, 64, 3)
+    request = dict(num_frames=5, height=64, width=64, num_inference_steps=3, seed=5)
+    path = client.predict(image=handle_file(str(example_image())), prompt="a lighthouse", **request,
+                          api_name="/generate")
+    exact = decode_video(open(path, "rb").read())
+    assert exact.shape == (5, 64, 64, 3)
+
+    # the fast modes reach the server: the video is the one the Python client gets with them
+    modes = dict(feature_reuse_interval=3, guidance_interval_start=0.0, guidance_interval_end=0.5)
+    path = client.predict(image=handle_file(str(example_image())), prompt="a lighthouse", **request, **modes,
+                          api_name="/generate")
+    fast = decode_video(open(path, "rb").read())
+    with OpenSpeedyClient(triton.grpc_url) as direct:
+        served = direct.generate(example_image(), "a lighthouse", mp4=True, frames=False, **request,
+                                 feature_reuse_interval=3, guidance_interval=(0.0, 0.5)).mp4
+    assert np.array_equal(fast, decode_video(served))
+    assert not np.array_equal(fast, exact)

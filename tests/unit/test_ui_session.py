@@ -1,6 +1,7 @@
 """The web UI's logic without Gradio or a server: options, per-tab cancel flags, errors by control."""
 
 from openspeedy.client.api import GenerationCancelled, GenerationError, GenerationTimeout
+from openspeedy.ui.app import server_values
 from openspeedy.ui.session import SERVER, CancelFlags, Generations, request_options
 
 
@@ -8,6 +9,27 @@ def test_empty_fields_are_left_to_the_server_and_numbers_are_typed():
     values = dict(negative_prompt="", num_frames=8.0, height=None, guidance_scale=7, seed=12.0)
     assert request_options(values) == {"num_frames": 8, "guidance_scale": 7.0, "seed": 12}
     assert type(request_options(values)["num_frames"]) is int
+
+
+def test_the_fast_modes_fields_become_the_request_inputs():
+    assert request_options(dict(feature_reuse_interval=3.0)) == {"feature_reuse_interval": 3}
+    # the interval's two fields are one input; both empty leave it to the server
+    assert request_options(dict(guidance_interval_start=None, guidance_interval_end="")) == {}
+    assert request_options(dict(guidance_interval_start=0.2, guidance_interval_end=0.7)) == {
+        "guidance_interval": (0.2, 0.7)}
+    # one empty: that end of the whole range
+    assert request_options(dict(guidance_interval_start=0.25)) == {"guidance_interval": (0.25, 1.0)}
+    assert request_options(dict(guidance_interval_start="", guidance_interval_end=0.5)) == {
+        "guidance_interval": (0.0, 0.5)}
+
+
+def test_the_page_starts_at_the_servers_defaults_typed():
+    parameters = {"default_num_frames": "8", "default_guidance_scale": "9.0", "default_feature_reuse_interval": "1",
+                  "default_guidance_interval_start": "0.0", "default_guidance_interval_end": "1.0"}
+    values = server_values(parameters)
+    assert values == {"num_frames": 8, "guidance_scale": 9.0, "feature_reuse_interval": 1,
+                      "guidance_interval_start": 0.0, "guidance_interval_end": 1.0}
+    assert type(values["feature_reuse_interval"]) is int and type(values["guidance_interval_end"]) is float
 
 
 def test_cancel_reaches_only_its_own_tab():
@@ -37,6 +59,10 @@ def test_a_bad_input_is_shown_beside_its_control():
     assert update.done
     update = failed(GenerationError("invalid input 'IMAGE': cannot be decoded", "INVALID_ARGUMENT"))
     assert list(update.errors) == ["image"]
+    message = "invalid input 'GUIDANCE_INTERVAL': must be fractions of the steps with 0 <= start < end <= 1"
+    assert failed(GenerationError(message, "INVALID_ARGUMENT")).errors == {"guidance_interval": message}
+    message = "invalid input 'FEATURE_REUSE_INTERVAL': must be between 1 and 10, got 11"
+    assert failed(GenerationError(message, "INVALID_ARGUMENT")).errors == {"feature_reuse_interval": message}
 
 
 def test_server_trouble_is_shown_beside_the_server_field_in_words():
