@@ -16,8 +16,8 @@ OPTION_NAMES = ("negative_prompt", "num_frames", "height", "width", "num_inferen
 DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "target_fps",
              "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
 FRACTIONS = ("guidance_scale", "guidance_interval_start", "guidance_interval_end")
-FAST_MODES_NOTE = ("**Fast modes**: approximations, off at these defaults (then the video is the exact one). "
-                   "Their quality on trained weights has not been measured.")
+FAST_MODES_NOTE = ("**Fast modes**: approximations, off at a reuse interval of 1 and guidance from 0 to 1 (then "
+                   "the video is the exact one). Their quality on trained weights has not been measured.")
 
 CSS = """
 .field-error, .field-error * { color: #b91c1c !important; font-weight: 600; }
