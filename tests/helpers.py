@@ -1,9 +1,12 @@
-"""Helpers the tests import: images to send, free ports, config.pbtxt parsing against a contract."""
+"""Helpers the tests import: images to send, free ports, a port forwarder, config.pbtxt parsing against a
+contract."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,45 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class PortForwarder:
+    """Forwards the connections to a local port to ``target`` (host, port): a server that appears at an
+    address only once the test says so. The standard library has no forwarder, hence these lines."""
+
+    def __init__(self, port: int, target: tuple[str, int]):
+        self.target, self.sockets = target, []
+        self.listener = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            sock.close()
+
+    def __enter__(self) -> PortForwarder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def encode(image: PIL.Image.Image, format: str = "PNG", **save_options) -> bytes:

@@ -16,6 +16,7 @@ OPTION_NAMES = ("negative_prompt", "num_frames", "height", "width", "num_inferen
 DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "target_fps",
              "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
 FRACTIONS = ("guidance_scale", "guidance_interval_start", "guidance_interval_end")
+SERVER_POLL_S = 2.0  # how often a page that has no server defaults yet asks for them
 FAST_MODES_NOTE = ("**Fast modes**: approximations, off at a reuse interval of 1 and guidance from 0 to 1 (then "
                    "the video is the exact one). Their quality on trained weights has not been measured.")
 
@@ -48,6 +49,12 @@ def server_values(parameters: dict[str, str]) -> dict[str, float]:
     return values
 
 
+def left_to_server(values: dict, typed: frozenset) -> dict:
+    """The values to send while the page has no server defaults: what the user typed; the other numeric
+    fields hold Gradio's 0 for an empty Number, which is not a value anyone chose, so they go empty."""
+    return {name: value if name in typed or name not in DEFAULTED else None for name, value in values.items()}
+
+
 def build(generations: Generations):
     import gradio as gr
 
@@ -62,6 +69,8 @@ def build(generations: Generations):
 
         gr.Textbox(generations.server_url, label="Triton server (gRPC)", interactive=False, elem_id="server")
         error_slot(SERVER)
+        waiting_note = gr.Markdown("The server does not answer yet: the fields get its defaults when it does.",
+                                   visible=False, elem_id="waiting-for-server")
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
@@ -134,12 +143,14 @@ def build(generations: Generations):
 
         def on_generate(image_path, prompt_text, negative_prompt, num_frames, height, width, num_inference_steps,
                         guidance_scale, target_fps, seed, feature_reuse_interval, guidance_interval_start,
-                        guidance_interval_end, request: gr.Request):
+                        guidance_interval_end, typed, has_defaults, request: gr.Request):
             yield {cache_note: "", video: None, mp4: gr.update(visible=False), gif: gr.update(visible=False)}
             values = dict(negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           target_fps=target_fps, seed=seed, feature_reuse_interval=feature_reuse_interval,
                           guidance_interval_start=guidance_interval_start, guidance_interval_end=guidance_interval_end)
+            if not has_defaults:
+                values = left_to_server(values, typed)
             for update in generations.run(request.session_hash, image_path, prompt_text, **values):
                 yield show(update)
 
@@ -160,9 +171,16 @@ def build(generations: Generations):
             except Exception as error:  # noqa: BLE001 - the API caller gets the message
                 raise gr.Error(str(error)) from None
 
+        # Per tab: the numeric fields the user typed in, and whether the others hold the server's defaults.
+        typed, has_defaults = gr.State(frozenset()), gr.State(False)
+        waiting = gr.Timer(SERVER_POLL_S, active=False)
+        for name in DEFAULTED:
+            numbers[name].input(lambda names, name=name: names | {name}, typed, typed, queue=False,
+                                api_visibility="private")
+
         outputs = [progress, status, cache_note, video, mp4, gif, *slots]
         # Every tab runs its own generation at once: the server's queue, not the page, limits them.
-        generate.click(on_generate, [image, prompt, *options], outputs, api_visibility="private",
+        generate.click(on_generate, [image, prompt, *options, typed, has_defaults], outputs, api_visibility="private",
                        concurrency_limit=None)
         cancel.click(on_cancel, None, None, queue=False, api_visibility="private")
         dice.click(random_seed, None, numbers["seed"], queue=False, api_visibility="private")
@@ -172,12 +190,17 @@ def build(generations: Generations):
                           concurrency_limit=None)
         defaulted = [numbers[name] for name in DEFAULTED]
 
-        def on_load():
-            # The server's defaults as they are now (it may have started after the page), and a fresh seed.
+        def fill_defaults(names: frozenset):
+            # The server's defaults as they are now (it may have started after the page), where the user has
+            # not typed; without them, ask again every SERVER_POLL_S.
             values = server_values(generations.server_defaults())
-            return [values.get(name, gr.skip()) for name in DEFAULTED] + [random_seed()]
+            fields = [gr.skip() if name in names else values.get(name, gr.skip()) for name in DEFAULTED]
+            return fields + [bool(values), gr.Timer(active=not values), gr.update(visible=not values)]
 
-        page.load(on_load, None, defaulted + [numbers["seed"]], api_visibility="private")
+        filled = defaulted + [has_defaults, waiting, waiting_note]
+        page.load(lambda: fill_defaults(frozenset()) + [random_seed()], None, filled + [numbers["seed"]],
+                  api_visibility="private")
+        waiting.tick(fill_defaults, typed, filled, api_visibility="private")
         gr.Examples([[str(example_image()), "a lighthouse by the sea, waves rolling in"]], [image, prompt])
     return page
 

@@ -17,7 +17,7 @@ import pytest
 from openspeedy.client import Client as OpenSpeedyClient
 from openspeedy.client import example_image
 from openspeedy.video import decode_video
-from tests.helpers import free_port
+from tests.helpers import PortForwarder, free_port
 from tests.server.serving_checks import LogTail, in_flight, wait_until
 
 pytestmark = pytest.mark.server
@@ -199,12 +199,15 @@ def test_cancel_stops_the_server_within_a_step(page, triton):
     assert not page.locator("#download-mp4").is_visible()
 
 
-def test_a_server_that_is_not_reachable_is_said_beside_the_server_field(browser, tmp_path):
-    nobody = f"127.0.0.1:{free_port()}"
+def test_a_server_that_is_not_reachable_is_said_then_its_defaults_fill_in_when_it_answers(browser, triton,
+                                                                                           tmp_path):
+    port = free_port()
+    nobody = f"127.0.0.1:{port}"
     with openspeedy_ui(nobody, tmp_path / "ui.log") as url:
         page = browser.new_page()
         page.goto(url)
         page.wait_for_selector("#generate")
+        page.locator("#waiting-for-server").wait_for(state="visible")
         fill(page, num_frames=2, height=64, width=64, num_inference_steps=2)
         page.click("#generate")
         error = page.locator("#error-server")
@@ -213,6 +216,16 @@ def test_a_server_that_is_not_reachable_is_said_beside_the_server_field(browser,
         page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('not reachable')")
         assert error.inner_text() == f"not reachable at {nobody}: is openspeedy serve running?"  # `...` as code
         assert not page.locator("#error-height").is_visible()
+
+        # The server appears at that address: the fields not typed in get its defaults, the typed ones stay.
+        host, grpc_port = triton.grpc_url.rsplit(":", 1)
+        with PortForwarder(port, (host, int(grpc_port))):
+            page.locator("#waiting-for-server").wait_for(state="hidden")
+            assert page.locator("#guidance_scale input").input_value() == "9"  # the model's default_guidance_scale
+            assert page.locator("#num_frames input").input_value() == "2"
+            page.click("#generate")
+            page.wait_for_function(DONE)
+            assert page.inner_text("#status").startswith("Done: 2 frames of 64x64")
         page.close()
 
 

@@ -1,7 +1,7 @@
 """The web UI's logic without Gradio or a server: options, per-tab cancel flags, errors by control."""
 
 from openspeedy.client.api import GenerationCancelled, GenerationError, GenerationTimeout
-from openspeedy.ui.app import server_values
+from openspeedy.ui.app import left_to_server, server_values
 from openspeedy.ui.session import SERVER, CancelFlags, Generations, request_options
 
 
@@ -30,6 +30,14 @@ def test_the_page_starts_at_the_servers_defaults_typed():
     assert values == {"num_frames": 8, "guidance_scale": 9.0, "feature_reuse_interval": 1,
                       "guidance_interval_start": 0.0, "guidance_interval_end": 1.0}
     assert type(values["feature_reuse_interval"]) is int and type(values["guidance_interval_end"]) is float
+
+
+def test_without_server_defaults_only_typed_fields_are_sent():
+    # Gradio shows an empty Number as 0: until the page has the server's defaults, a 0 the user did not
+    # type is no value, and goes to the server empty
+    values = dict(negative_prompt="", num_frames=2, height=0, guidance_scale=0, seed=7, guidance_interval_start=0)
+    assert left_to_server(values, frozenset({"num_frames", "guidance_scale"})) == dict(
+        negative_prompt="", num_frames=2, height=None, guidance_scale=0, seed=7, guidance_interval_start=None)
 
 
 def test_cancel_reaches_only_its_own_tab():
