@@ -141,14 +141,10 @@ def build(generations: Generations):
                     changes[button] = gr.update(value=str(path) if path else None, visible=bool(path))
             return changes
 
-        def on_generate(image_path, prompt_text, negative_prompt, num_frames, height, width, num_inference_steps,
-                        guidance_scale, target_fps, seed, feature_reuse_interval, guidance_interval_start,
-                        guidance_interval_end, typed, has_defaults, request: gr.Request):
+        # Gradio fills gr.Request in by its position, so it comes before the options (in OPTION_NAMES' order).
+        def on_generate(image_path, prompt_text, typed, has_defaults, request: gr.Request, *option_values):
             yield {cache_note: "", video: None, mp4: gr.update(visible=False), gif: gr.update(visible=False)}
-            values = dict(negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
-                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          target_fps=target_fps, seed=seed, feature_reuse_interval=feature_reuse_interval,
-                          guidance_interval_start=guidance_interval_start, guidance_interval_end=guidance_interval_end)
+            values = dict(zip(OPTION_NAMES, option_values, strict=True))
             if not has_defaults:
                 values = left_to_server(values, typed)
             for update in generations.run(request.session_hash, image_path, prompt_text, **values):
@@ -180,7 +176,7 @@ def build(generations: Generations):
 
         outputs = [progress, status, cache_note, video, mp4, gif, *slots]
         # Every tab runs its own generation at once: the server's queue, not the page, limits them.
-        generate.click(on_generate, [image, prompt, *options, typed, has_defaults], outputs, api_visibility="private",
+        generate.click(on_generate, [image, prompt, typed, has_defaults, *options], outputs, api_visibility="private",
                        concurrency_limit=None)
         cancel.click(on_cancel, None, None, queue=False, api_visibility="private")
         dice.click(random_seed, None, numbers["seed"], queue=False, api_visibility="private")
