@@ -177,12 +177,11 @@ class UNet:
         if compile_mode:
             if options.get("compile_cache_dir"):
                 use_compile_cache(Path(options["compile_cache_dir"]))
-            # Static shapes: each configured shape compiles once (at warm-up), and CUDA graphs need them.
-            mode = None if compile_mode == "default" else compile_mode
+            compile = compiler(compile_mode, parse_inductor_options(options.get("inductor_options", "")))
             staged = ("full", "shallow", "plain") if self.shares_cfg_rows else ("full", "shallow")
             if not self.shares_cfg_rows:  # diffusers' forward, which the plain path calls
-                self.model = torch.compile(self.model, mode=mode, dynamic=False)
-            paths |= {name: torch.compile(paths[name], mode=mode, dynamic=False) for name in staged}
+                self.model = compile(self.model)
+            paths |= {name: compile(paths[name]) for name in staged}
         self.paths = {name: self._in_contract_precision(fn) for name, fn in paths.items()}
         if flag(options, "cuda_graphs") and device.type == "cuda":
             limit = int(options.get("max_cuda_graphs", 4))  # per path; later shapes run without a graph
@@ -298,6 +297,39 @@ def use_compile_cache(directory: Path) -> None:
     the GPU machine: the caches went to /tmp)."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
     os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
+
+
+def compiler(compile_mode: str, inductor_options: Mapping[str, bool | int]):
+    """torch.compile in ``compile_mode`` with static shapes (each configured shape compiles once, at
+    warm-up, and CUDA graphs need them), Inductor's settings overridden by ``inductor_options``.
+    torch.compile takes a mode or options, not both, so a mode joins the options as the settings it stands for."""
+    mode = None if compile_mode == "default" else compile_mode
+    if not inductor_options:
+        return lambda fn: torch.compile(fn, mode=mode, dynamic=False)
+    settings = torch._inductor.list_mode_options(compile_mode) | dict(inductor_options)
+    return lambda fn: torch.compile(fn, options=settings, dynamic=False)
+
+
+def parse_inductor_options(text: str) -> dict[str, bool | int]:
+    """ "coordinate_descent_tuning=true,conv_1x1_as_mm=true" -> Inductor settings (torch._inductor.config
+    names, true/false or integers); a name Inductor does not know is an error here, not at the first call."""
+    import torch._inductor.config as inductor_config
+
+    settings: dict[str, bool | int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip().lower()
+        if not sep or not value:
+            raise ValueError(f"unet: inductor_options entries are NAME=VALUE, got {item!r}")
+        if not hasattr(inductor_config, name):
+            raise ValueError(f"unet: inductor_options: Inductor has no setting {name!r}")
+        if value in ("true", "false"):
+            settings[name] = value == "true"
+        elif value.lstrip("-").isdigit():
+            settings[name] = int(value)
+        else:
+            raise ValueError(f"unet: inductor_options: {name} takes true, false or an integer, got {value!r}")
+    return settings
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

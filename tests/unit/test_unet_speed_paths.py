@@ -252,3 +252,27 @@ def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inp
     counted = ConvInRows(fast.eager_model)
     torch.testing.assert_close(fast.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-4, atol=1e-4)
     assert counted.rows == [cfg_inputs["SAMPLE"].shape[2]]  # traced once, with the shared row
+
+
+def test_inductor_options_parse_to_settings_and_join_the_mode(monkeypatch):
+    from openspeedy.components import compiler, parse_inductor_options
+
+    assert parse_inductor_options(" coordinate_descent_tuning=true, conv_1x1_as_mm=False,"
+                                  "coordinate_descent_search_radius=2") == {
+        "coordinate_descent_tuning": True, "conv_1x1_as_mm": False, "coordinate_descent_search_radius": 2}
+    assert parse_inductor_options("") == {}
+    for text, rule in (("no_such_setting=true", "Inductor has no setting 'no_such_setting'"),
+                       ("freezing", "NAME=VALUE"), ("freezing=maybe", "true, false or an integer")):
+        with pytest.raises(ValueError, match=rule):
+            parse_inductor_options(text)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    compiler("default", {})(print)
+    compiler("reduce-overhead", {"freezing": True})(print)  # torch.compile takes a mode or options, not both
+    assert calls == [dict(mode=None, dynamic=False),
+                     dict(options={"triton.cudagraphs": True, "freezing": True}, dynamic=False)]
+
+
+def test_a_bad_inductor_option_fails_the_load(tiny_checkpoint):
+    with pytest.raises(ValueError, match="unet: inductor_options"):
+        load_component("unet", tiny_checkpoint, options={"compile_mode": "default", "inductor_options": "bogus=1"})
