@@ -99,8 +99,7 @@ UNET_TIMINGS = Path("/tmp/unet_timings.jsonl")  # written by bench/diagnostics/t
 def measure_in_process(args, export: ExportOptions, request, suffix: str = "") -> tuple[dict, np.ndarray]:
     """Seconds per video in process, plainly and synchronized per UNet call; the last video's frames.
     Result keys end in ``suffix`` (the run after serving)."""
-    unet_options = model_configs_unet_parameters(export)
-    components = {name: load_component(name, args.checkpoint, DEVICE, "float16", unet_options if name == "unet" else {})
+    components = {name: load_component(name, args.checkpoint, DEVICE, "float16", model_config_parameters(export, name))
                   for name in COMPONENT_CLASSES}
     results = {}
     results["in_process_s" + suffix], _, frames, _ = run_openspeedy(args.checkpoint, components, request,
@@ -193,6 +192,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--unet-compile-mode", default="", help="torch.compile mode of the UNet, served and in process")
+    parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
+                        help="torch.compile the VAE decoder, served and in process")
     parser.add_argument("--served-only", action="store_true",
                         help=f"take the in-process results from an earlier run's {IN_PROCESS_STATE}")
     parser.add_argument("--in-process-after", action="store_true",
@@ -211,9 +212,10 @@ def main() -> None:
 
     request = video_request(args.steps)
     size = f"{request.num_frames}x{request.height}x{request.width}"
+    compiles = args.unet_compile_mode or args.vae_decoder_compile_mode
     export = ExportOptions(device="gpu", dtype="float16", unet_compile_mode=args.unet_compile_mode,
-                           warmup_shapes=size if args.unet_compile_mode else "",
-                           compile_cache_dir=args.compile_cache_dir)
+                           vae_decoder_compile_mode=args.vae_decoder_compile_mode,
+                           warmup_shapes=size if compiles else "", compile_cache_dir=args.compile_cache_dir)
     results = dict(device_description(
                        note=f"full-size architecture, RANDOM fp16 weights; {size}; UNet "
                             f"{'torch.compile ' + args.unet_compile_mode if args.unet_compile_mode else 'eager'}"),
@@ -250,12 +252,12 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def model_configs_unet_parameters(export: ExportOptions) -> dict[str, str]:
-    """The `unet` model's config parameters for these export options: the same runtime in process."""
+def model_config_parameters(export: ExportOptions, model: str) -> dict[str, str]:
+    """A component model's config parameters for these export options: the same runtime in process."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    config = text_format.Parse(model_configs(export, 0.18125)["unet"], model_config_pb2.ModelConfig())
+    config = text_format.Parse(model_configs(export, 0.18125)[model], model_config_pb2.ModelConfig())
     return {key: value.string_value for key, value in config.parameters.items()}
 
 

@@ -276,7 +276,10 @@ class VaeDecoder:
             dtype,
             memory_budget_bytes=int(options.get("memory_budget_bytes", DEFAULT_MEMORY_BUDGET_BYTES)),
             tile_above_pixels=int(options.get("tile_above_pixels", DEFAULT_TILE_ABOVE_PIXELS)),
+            compile_mode=options.get("compile_mode", ""),
         )
+        if options.get("compile_mode") and options.get("compile_cache_dir"):
+            use_compile_cache(Path(options["compile_cache_dir"]))
         channels = self.decoder.vae.config.latent_channels
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
             # Measures the decode cost at this size (the automatic chunk) and warms the kernels.

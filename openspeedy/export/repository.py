@@ -58,6 +58,7 @@ class ExportOptions:
     compile_cache_dir: str = ""  # torch runtime: Inductor's and Triton's caches here (a volume), for fast restarts
     warmup_feature_reuse: bool = False  # warm-up also prepares FEATURE_REUSE_INTERVAL's paths (longer load)
     unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
+    vae_decoder_compile_mode: str = ""  # "" (eager) or "default": torch.compile of the decoder network
     unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (openspeedy/export/unet_repository.py)
     unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
     # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
@@ -146,7 +147,9 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
     if contract is contracts.UNET and options.unet_compile_mode:
         # The fastest benchmarked compiled variant (openspeedy/unet/variants.py).
         parameters |= compiled_serving_options(options.unet_compile_mode)
-    if contract is contracts.UNET and options.compile_cache_dir:
+    if contract is contracts.VAE_DECODER and options.vae_decoder_compile_mode:
+        parameters["compile_mode"] = options.vae_decoder_compile_mode
+    if options.compile_cache_dir and (contract is contracts.UNET or "compile_mode" in parameters):
         parameters["compile_cache_dir"] = options.compile_cache_dir
     if contract is contracts.UNET and options.warmup_feature_reuse:
         parameters["feature_reuse"] = "true"  # the warm-up shapes also compile feature reuse's two paths

@@ -85,7 +85,12 @@ def test_export_command_line_reaches_the_configs(tmp_path):
 
     output = tmp_path / "models"
     main(["--tiny", "--output", str(output), "--warmup-shapes", "2x64x64", "--max-queue-size", "3",
-          "--cache-redis-ttl-s", "60", "--no-cache", "--unet-compile-mode", "default"])
+          "--cache-redis-ttl-s", "60", "--no-cache", "--unet-compile-mode", "default",
+          "--vae-decoder-compile-mode", "default", "--compile-cache-dir", str(tmp_path / "cache")])
+    decoder = parse(output / "vae_decoder" / "config.pbtxt")
+    assert decoder.parameters["compile_mode"].string_value == "default"
+    assert decoder.parameters["compile_cache_dir"].string_value == str(tmp_path / "cache")
+    assert "compile_mode" not in parse(output / "text_encoder" / "config.pbtxt").parameters
     unet = parse(output / "unet" / "config.pbtxt")
     assert unet.parameters["warmup_shapes"].string_value == "2x64x64"
     assert unet.parameters["compile_mode"].string_value == "default"

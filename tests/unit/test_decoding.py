@@ -42,6 +42,27 @@ def test_automatic_chunk_is_the_largest_that_fits_the_budget(vae_decoder, latent
     assert vae_decoder.automatic_chunk(shape) == shape[0]
 
 
+def test_automatic_plan_decodes_in_equal_chunks(vae_decoder, latents, monkeypatch):
+    seen = []
+    decode_chunk = vae_decoder._decode_chunk
+    monkeypatch.setattr(vae_decoder, "_decode_chunk", lambda part: seen.append(part.shape[0]) or decode_chunk(part))
+    monkeypatch.setattr(vae_decoder, "automatic_chunk", lambda shape: 9)  # 10 frames, at most 9 at a time
+    vae_decoder.decode(latents, chunk_size=0)
+    assert seen == [5, 5]  # not 9 and 1
+    seen.clear()
+    vae_decoder.decode(latents, chunk_size=9)  # an explicit chunk is honoured as it is
+    assert seen == [9, 1]
+
+
+def test_compiled_decoder_gives_the_eager_frames(tiny_checkpoint, vae_decoder, latents):
+    compiled = load_component("vae_decoder", tiny_checkpoint, options={"compile_mode": "default"}).decoder
+    assert compiled._compiled_decoder is not None and vae_decoder._compiled_decoder is None
+    for chunk in (0, 4):  # the automatic plan (one chunk of 10) and chunks of 4, 4 and 2: three compiled shapes
+        frames, reference = compiled.decode(latents, chunk), vae_decoder.decode(latents, chunk)
+        assert frames.shape == reference.shape and frames.dtype == torch.uint8
+        assert (frames.int() - reference.int()).abs().max().item() <= 1, f"chunk {chunk}"
+
+
 def test_decode_cost_arithmetic():
     assert DecodeCost(fixed=100, per_frame=50).frames_within(360) == 5
     assert DecodeCost(fixed=100, per_frame=50).frames_within(50) == 0
