@@ -93,7 +93,9 @@ def end_to_end(data: dict) -> list[str]:
     parts = [f"{data.get('steps', '?')} steps; variants: "
              + ", ".join(f"`{name}` {compact(options)}" for name, options in data.get("variants", {}).items())
              + ("; modes: " + ", ".join(f"`{name}` {compact(inputs)}" for name, inputs in data["modes"].items())
-                if data.get("modes") else "")]
+                if data.get("modes") else "")
+             + (f"; OpenSpeedy's VAE decoder compiled ({data['vae_decoder_compile_mode']})"
+                if data.get("vae_decoder_compile_mode") else "")]
     for size in data["sizes"]:
         rows = [[row["pipeline"], row["seconds"], row.get("speedup_vs_diffusers"),
                  row.get("speedup_vs_diffusers-compile"), row.get("relative_l2"), row.get("relative_l2_vs_exact"),
@@ -261,6 +263,14 @@ def geglu_probe(data: dict) -> list[str]:
             f"{number(total.get('kernel_ms'))} ms."]
 
 
+def vae_decode_probe(data: dict) -> list[str]:
+    """bench/diagnostics/vae_decode_probe.py: the VAE decoder eager against torch.compile, per chunk size."""
+    rows = [[row["decoder"], row["chunk"], row["ms"], gigabytes(row["peak_bytes"]), row["first_call_s"],
+             row.get("relative_l2_vs_eager"), row.get("max_abs_uint8_vs_eager")] for row in data["decodes"]]
+    return [table(("decoder", "frames per call", "ms for all frames", "peak GB", "first call s", "rel. L2 vs eager",
+                   "max uint8 vs eager"), rows)]
+
+
 def multi_gpu(data: dict) -> list[str]:
     return [table(("requests", "same seed, same video", "every GPU's copies served"),
                   [[data["requests"], data["same_seed_same_video"], data["every_gpu_served"]]]),
@@ -311,6 +321,7 @@ RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("cudnn_attention_probe*.json", cudnn_probe),
     ("lossless_probe*.json", lossless_probe),
     ("geglu_probe*.json", geglu_probe),
+    ("vae_decode_probe*.json", vae_decode_probe),
 ]
 
 
