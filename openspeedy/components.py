@@ -270,6 +270,8 @@ class VaeDecoder:
     weight_folders = ("vae",)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
+        if options.get("compile_mode") and options.get("compile_cache_dir"):
+            use_compile_cache(Path(options["compile_cache_dir"]))
         self.decoder = ChunkedDecoder(
             _load_vae(directory, device, dtype),
             device,
@@ -278,8 +280,6 @@ class VaeDecoder:
             tile_above_pixels=int(options.get("tile_above_pixels", DEFAULT_TILE_ABOVE_PIXELS)),
             compile_mode=options.get("compile_mode", ""),
         )
-        if options.get("compile_mode") and options.get("compile_cache_dir"):
-            use_compile_cache(Path(options["compile_cache_dir"]))
         channels = self.decoder.vae.config.latent_channels
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
             # Measures the decode cost at this size (the automatic chunk) and warms the kernels.

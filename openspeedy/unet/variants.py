@@ -33,7 +33,7 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "fast-geglu": _FAST | {"fused_geglu": "true"},
     # + Inductor's coordinate-descent tuning of its own kernels' launch settings and 1x1 convolutions as
     # matrix products (the settings diffusers' speed guide used for SDXL). Not timed: on an H200 its
-    # compile at 16x512x512 had not finished after about 290 s, where `fast` compiles in 165 s.
+    # compile at 16x512x512 had not finished after about 290 s, where `fast` compiles in 167 s.
     "fast-tuned": _FAST | {"inductor_options": "coordinate_descent_tuning=true,conv_1x1_as_mm=true"},
     "autotune": {"fuse_qkv": "true", "compile_mode": "max-autotune-no-cudagraphs"},
     "cudagraphs": {"fuse_qkv": "true", "compile_mode": "reduce-overhead"},
