@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL
 
+from openspeedy.compilation import compiler
+
 # What a decode needs beyond its inputs, in bytes, when the VAE runs on the CPU (where nothing can
 # measure it): the widest activation (the first block's channels at full resolution) a few times over.
 _CPU_ACTIVATION_COPIES = 6
@@ -43,6 +45,14 @@ class DecodeCost:
         return max(0, (budget - self.fixed) // max(1, self.per_frame))
 
 
+def equal_chunk(frames: int, largest: int) -> int:
+    """The chunk that decodes ``frames`` in as few calls of at most ``largest`` frames as the plain cut
+    needs, with the frames spread over them (16 at most 15 at a time: 8 and 8, not 15 and 1): no slow
+    single-frame call at the end, and fewer chunk shapes to compile."""
+    calls = -(-frames // largest)
+    return -(-frames // calls)
+
+
 def frames_to_uint8(decoded: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] in [-1, 1] to [N, H, W, 3] uint8 on the same device, rounding like diffusers' numpy_to_pil."""
     return ((decoded.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -67,10 +77,7 @@ class ChunkedDecoder:
         # which Inductor fuses. Static shapes: dynamic ones would lose Inductor's channels-last layout.
         # Each chunk shape compiles once; the memory plan keeps measuring the eager decoder, whose peak
         # is the higher one (8.6 against 5.4 GB for that decode), so a plan that fits eager fits this.
-        self._compiled_decoder = None
-        if compile_mode:
-            mode = None if compile_mode == "default" else compile_mode
-            self._compiled_decoder = torch.compile(vae.decoder, mode=mode, dynamic=False)
+        self._compiled_decoder = compiler(compile_mode, {})(vae.decoder) if compile_mode else None
 
     @property
     def spatial_scale(self) -> int:
@@ -125,7 +132,7 @@ class ChunkedDecoder:
 
     # -- decoding -----------------------------------------------------------------------------------
 
-    def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         """What ``vae.decode(latents).sample`` computes, through the compiled decoder where there is one
         (tiled frames stay on diffusers' own tiling, which calls the eager decoder per tile)."""
         if self._compiled_decoder is None or self.vae.use_tiling:
@@ -147,10 +154,7 @@ class ChunkedDecoder:
         chunk = self.automatic_chunk(tuple(latents.shape)) if automatic else chunk_size
         while True:
             try:
-                # The automatic plan decodes in equal chunks (16 frames at most 15 at a time: 8 and 8, not
-                # 15 and 1): no slow single-frame call at the end, and one chunk shape to compile.
-                chunks = -(-latents.shape[0] // chunk)
-                return self._decode_in_chunks(latents, -(-latents.shape[0] // chunks) if automatic else chunk)
+                return self._decode_in_chunks(latents, equal_chunk(latents.shape[0], chunk) if automatic else chunk)
             except torch.OutOfMemoryError:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -166,12 +170,12 @@ class ChunkedDecoder:
         frames = latents.shape[0]
         if self.device.type != "cuda":
             chunks = (latents[i : i + chunk] for i in range(0, frames, chunk))
-            return torch.cat([frames_to_uint8(self._decode_chunk(part)) for part in chunks])
+            return torch.cat([frames_to_uint8(self.decode_chunk(part)) for part in chunks])
         compute = torch.cuda.current_stream(self.device)
         copy = torch.cuda.Stream(self.device)
         output = None
         for start in range(0, frames, chunk):
-            decoded = frames_to_uint8(self._decode_chunk(latents[start : start + chunk])).contiguous()
+            decoded = frames_to_uint8(self.decode_chunk(latents[start : start + chunk])).contiguous()
             if output is None:
                 output = torch.empty((frames, *decoded.shape[1:]), dtype=torch.uint8, pin_memory=True)
             copy.wait_stream(compute)  # the copy starts once this chunk is uint8 ...

@@ -37,9 +37,13 @@ class PortForwarder:
         while True:
             try:
                 client, _ = self.listener.accept()
-                upstream = socket.create_connection(self.target)
-            except OSError:
+            except OSError:  # closed
                 return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the target refuses: this client sees a closed connection, the next may not
+                client.close()
+                continue
             self.sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()

@@ -18,7 +18,12 @@ from diffusers import AutoencoderKL
 
 from bench.common import DEFAULT_CHECKPOINT, DEVICE, Results, ensure_checkpoint, relative_l2, synchronize, timed
 from openspeedy.components import parse_shapes
-from openspeedy.decoding import frames_to_uint8
+from openspeedy.decoding import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    DEFAULT_TILE_ABOVE_PIXELS,
+    ChunkedDecoder,
+    frames_to_uint8,
+)
 
 
 def decode_all(decode, latents: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -41,17 +46,13 @@ def main() -> None:
     latents = torch.randn(frames, 4, height // 8, width // 8, device=DEVICE, dtype=dtype)
     results = Results(args.out / "vae_decode_probe.json", size=args.size)
 
-    def eager(chunk_latents):
-        return vae.decode(chunk_latents).sample
-
-    compiled_decoder = torch.compile(vae.decoder, dynamic=False)
-
-    def compiled(chunk_latents):  # what vae.decode does, with the decoder compiled
-        return compiled_decoder(vae.post_quant_conv(chunk_latents))
-
+    # The decoder's own per-chunk call, eager and compiled, without its memory plan and host copies.
+    decoders = {name: ChunkedDecoder(vae, DEVICE, dtype, DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS,
+                                     compile_mode=mode).decode_chunk
+                for name, mode in (("eager", ""), ("compiled", "default"))}
     reference = {}
     with torch.inference_mode():
-        for name, decode in (("eager", eager), ("compiled", compiled)):
+        for name, decode in decoders.items():
             for chunk in chunks:
                 synchronize()
                 started = time.perf_counter()

@@ -44,8 +44,8 @@ def test_automatic_chunk_is_the_largest_that_fits_the_budget(vae_decoder, latent
 
 def test_automatic_plan_decodes_in_equal_chunks(vae_decoder, latents, monkeypatch):
     seen = []
-    decode_chunk = vae_decoder._decode_chunk
-    monkeypatch.setattr(vae_decoder, "_decode_chunk", lambda part: seen.append(part.shape[0]) or decode_chunk(part))
+    decode_chunk = vae_decoder.decode_chunk
+    monkeypatch.setattr(vae_decoder, "decode_chunk", lambda part: seen.append(part.shape[0]) or decode_chunk(part))
     monkeypatch.setattr(vae_decoder, "automatic_chunk", lambda shape: 9)  # 10 frames, at most 9 at a time
     vae_decoder.decode(latents, chunk_size=0)
     assert seen == [5, 5]  # not 9 and 1

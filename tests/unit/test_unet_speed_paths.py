@@ -255,7 +255,7 @@ def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inp
 
 
 def test_inductor_options_parse_to_settings_and_join_the_mode(monkeypatch):
-    from openspeedy.components import compiler, parse_inductor_options
+    from openspeedy.compilation import compiler, parse_inductor_options
 
     assert parse_inductor_options(" coordinate_descent_tuning=true, conv_1x1_as_mm=False,"
                                   "coordinate_descent_search_radius=2") == {

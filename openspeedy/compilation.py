@@ -1,0 +1,52 @@
+"""How the components call torch.compile: one place for the mode, the static shapes, Inductor's settings
+and the on-disk caches, so the UNet and the VAE decoder compile alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+
+def use_compile_cache(directory: Path) -> None:
+    """Inductor's and Triton's on-disk caches in ``directory`` (a volume), so a restart reuses the kernels
+    compiled before it. Set outright: torch writes its default into TORCHINDUCTOR_CACHE_DIR the first time
+    it looks the variable up, so a default-respecting setdefault here would often find it taken (seen on
+    the GPU machine: the caches went to /tmp)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
+
+
+def compiler(compile_mode: str, inductor_options: Mapping[str, bool | int]):
+    """torch.compile in ``compile_mode`` with static shapes (each configured shape compiles once, at
+    warm-up, and CUDA graphs need them), Inductor's settings overridden by ``inductor_options``.
+    torch.compile takes a mode or options, not both, so a mode joins the options as the settings it stands for."""
+    mode = None if compile_mode == "default" else compile_mode
+    if not inductor_options:
+        return lambda fn: torch.compile(fn, mode=mode, dynamic=False)
+    settings = torch._inductor.list_mode_options(compile_mode) | dict(inductor_options)
+    return lambda fn: torch.compile(fn, options=settings, dynamic=False)
+
+
+def parse_inductor_options(text: str) -> dict[str, bool | int]:
+    """ "coordinate_descent_tuning=true,conv_1x1_as_mm=true" -> Inductor settings (torch._inductor.config
+    names, true/false or integers); a name Inductor does not know is an error here, not at the first call."""
+    import torch._inductor.config as inductor_config
+
+    settings: dict[str, bool | int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip().lower()
+        if not sep or not value:
+            raise ValueError(f"unet: inductor_options entries are NAME=VALUE, got {item!r}")
+        if not hasattr(inductor_config, name):
+            raise ValueError(f"unet: inductor_options: Inductor has no setting {name!r}")
+        if value in ("true", "false"):
+            settings[name] = value == "true"
+        elif value.lstrip("-").isdigit():
+            settings[name] = int(value)
+        else:
+            raise ValueError(f"unet: inductor_options: {name} takes true, false or an integer, got {value!r}")
+    return settings
