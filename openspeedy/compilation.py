@@ -11,12 +11,15 @@ import torch
 
 
 def use_compile_cache(directory: Path) -> None:
-    """Inductor's and Triton's on-disk caches in ``directory`` (a volume), so a restart reuses the kernels
-    compiled before it. Set outright: torch writes its default into TORCHINDUCTOR_CACHE_DIR the first time
-    it looks the variable up, so a default-respecting setdefault here would often find it taken (seen on
-    the GPU machine: the caches went to /tmp)."""
+    """Inductor's, Triton's and QuACK's on-disk caches in ``directory`` (a volume), so a restart reuses the
+    kernels compiled, and QuACK's GEMM configurations tuned, before it. Set outright: torch writes its
+    default into TORCHINDUCTOR_CACHE_DIR the first time it looks the variable up, so a default-respecting
+    setdefault here would often find it taken (seen on the GPU machine: the caches went to /tmp). QuACK
+    reads its variables when it is first imported, so this runs before that."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
     os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
+    os.environ["QUACK_CACHE_DIR"] = str(directory / "quack")
+    os.environ["QUACK_CACHE_AUTOTUNING"] = "1"  # QuACK keeps its tuning results only when asked
 
 
 def compiler(compile_mode: str, inductor_options: Mapping[str, bool | int]):

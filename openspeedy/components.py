@@ -138,8 +138,8 @@ class UNet:
 
     Options (config parameters) choose the runtime techniques, each in its own module under
     openspeedy/unet/: fused QKV, temporal convolutions as 2D ones, the temporal attention kernel,
-    torch.compile, whole-forward CUDA graphs, the CFG pair's shared layers once, the fused GEGLU kernel
-    (measured slower, off in every served variant). With the inputs
+    torch.compile, whole-forward CUDA graphs, the CFG pair's shared layers once, the GEGLU inside its
+    matrix product (QuACK, Hopper and newer). With the inputs
     DEEP_FEATURES / RETURN_DEEP_FEATURES it runs the shallow or the feature-keeping path of step-level
     feature reuse instead."""
 
@@ -149,6 +149,8 @@ class UNet:
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
+        if options.get("compile_cache_dir"):  # before the GEGLU kernel's library reads where its cache is
+            use_compile_cache(Path(options["compile_cache_dir"]))
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
         if flag(options, "fuse_qkv"):
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
@@ -175,8 +177,6 @@ class UNet:
         paths = {"plain": plain, "full": self._full, "shallow": self._shallow}
         compile_mode = options.get("compile_mode", "")
         if compile_mode:
-            if options.get("compile_cache_dir"):
-                use_compile_cache(Path(options["compile_cache_dir"]))
             compile = compiler(compile_mode, parse_inductor_options(options.get("inductor_options", "")))
             staged = ("full", "shallow", "plain") if self.shares_cfg_rows else ("full", "shallow")
             if not self.shares_cfg_rows:  # diffusers' forward, which the plain path calls

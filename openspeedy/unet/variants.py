@@ -10,8 +10,9 @@ from __future__ import annotations
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 
 _LAYOUT = {"fuse_qkv": "true", "temporal_conv2d": "true"}
-_FAST = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
-                   "share_cfg_rows": "true"}
+_SHARED = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
+                     "share_cfg_rows": "true"}
+_FAST = _SHARED | {"fused_geglu": "true"}
 
 TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
@@ -25,12 +26,11 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "compile-attention": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default"},
     # + the whole forward as one CUDA graph per shape (openspeedy/unet/cuda_graphs.py).
     "fast-unshared": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true"},
-    # + the CFG pair's layers before the first cross-attention once (openspeedy/unet/staged_forward.py):
-    # the fastest lossless runtime measured.
+    # + the CFG pair's layers before the first cross-attention once (openspeedy/unet/staged_forward.py).
+    "fast-unfused-geglu": _SHARED,
+    # + the feed-forward's GEGLU inside its matrix product (openspeedy/unet/geglu.py, QuACK on Hopper and
+    # newer; elsewhere the option is off and this is the row above): the fastest lossless runtime measured.
     "fast": _FAST,
-    # + the feed-forward's GEGLU inside its matrix product (openspeedy/unet/geglu.py): measured slower
-    # than `fast` on an H200, kept so that the comparison can be rerun (docs/speed.md).
-    "fast-geglu": _FAST | {"fused_geglu": "true"},
     # + Inductor's coordinate-descent tuning of its own kernels' launch settings and 1x1 convolutions as
     # matrix products (the settings diffusers' speed guide used for SDXL). Not timed: on an H200 its
     # compile at 16x512x512 had not finished after about 290 s, where `fast` compiles in 167 s.

@@ -1,6 +1,9 @@
-"""The fused GEGLU (openspeedy/unet/geglu.py): on a CPU it is diffusers' arithmetic, bit for bit; the tests
-marked gpu run the Triton kernel against float32 arithmetic at the UNet's feed-forward shapes and at
-shapes that do not fill its tiles."""
+"""The GEGLU inside its matrix product (openspeedy/unet/geglu.py). On a CPU the option leaves diffusers'
+GEGLU in place and says why, and the paired weight layout is checked against diffusers' arithmetic; the
+tests marked gpu run QuACK's kernel against float32 arithmetic at the UNet's feed-forward shapes, at
+shapes that do not fill its tiles, inside torch.compile and a CUDA graph, and in a half-precision UNet."""
+
+import logging
 
 import pytest
 import torch
@@ -10,7 +13,14 @@ from bench.common import relative_l2
 from openspeedy import contracts
 from openspeedy.components import load_component
 from openspeedy.example_inputs import example_inputs
-from openspeedy.unet.geglu import FusedGEGLU, geglu, reference_geglu, use_fused_geglu
+from openspeedy.unet.geglu import (
+    PairedGEGLU,
+    kernel_unavailable,
+    pair_rows,
+    paired_geglu,
+    reference_geglu,
+    use_fused_geglu,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,64 +30,120 @@ def inputs(tiny_checkpoint):
                           generator=torch.Generator().manual_seed(0))
 
 
-def test_unet_with_fused_geglu_is_diffusers_arithmetic_on_a_cpu(tiny_checkpoint, inputs):
+def test_on_a_cpu_the_option_keeps_diffusers_geglu_and_says_why(tiny_checkpoint, inputs, caplog):
     plain = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true"})
-    fused = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true", "fused_geglu": "true"})
-    assert not any(type(m) is GEGLU for m in fused.model.modules())
-    assert sum(isinstance(m, FusedGEGLU) for m in fused.model.modules()) > 0
-    assert fused.model.state_dict().keys() == plain.model.state_dict().keys()  # checkpoints load as before
+    with caplog.at_level(logging.WARNING, logger="openspeedy.unet.geglu"):
+        fused = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true", "fused_geglu": "true"})
+    assert "fused_geglu is off, diffusers' GEGLU runs: it runs on CUDA GPUs only" in caplog.text
+    assert any(type(m) is GEGLU for m in fused.model.modules())
     torch.testing.assert_close(fused.infer(inputs)["NOISE_PRED"], plain.infer(inputs)["NOISE_PRED"], rtol=0, atol=0)
 
 
-def test_fused_geglu_replaces_only_diffusers_geglu():
-    feed_forward = torch.nn.Sequential(GEGLU(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
-    assert use_fused_geglu(feed_forward) == 1
-    assert isinstance(feed_forward[0], FusedGEGLU) and isinstance(feed_forward[1], torch.nn.GELU)
-    x = torch.randn(3, 7, 32)
-    expected = feed_forward[0].proj(x).chunk(2, dim=-1)
-    torch.testing.assert_close(feed_forward[0](x), expected[0] * torch.nn.functional.gelu(expected[1]), rtol=0, atol=0)
+def test_kernel_unavailable_names_the_reason():
+    assert kernel_unavailable(torch.device("cpu"), torch.float16) == "it runs on CUDA GPUs only"
+
+
+def test_paired_rows_give_diffusers_arithmetic():
+    original = GEGLU(32, 48)
+    x = torch.randn(3, 7, 32, dtype=torch.float64)
+    original = original.double()
+    paired = PairedGEGLU(original)
+    torch.testing.assert_close(paired.weight[0::2], original.proj.weight[48:])  # gate rows first in each pair
+    torch.testing.assert_close(paired.weight[1::2], original.proj.weight[:48])
+    torch.testing.assert_close(paired(x), original(x), rtol=1e-12, atol=1e-12)
+
+
+def test_geglu_without_bias_pairs_a_zero_bias():
+    original = GEGLU(16, 16, bias=False)
+    paired = PairedGEGLU(original)
+    assert torch.count_nonzero(paired.bias) == 0
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(paired(x), original(x), rtol=1e-5, atol=1e-6)
 
 
 def test_op_traces_under_torch_compile():
     x, weight, bias = torch.randn(2, 5, 16), torch.randn(64, 16), torch.randn(64)
-    compiled = torch.compile(lambda x: geglu(x, weight, bias) + 1, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), reference_geglu(x, weight, bias) + 1)
+    compiled = torch.compile(lambda x: paired_geglu(x, pair_rows(weight), pair_rows(bias)) + 1, backend="aot_eager",
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(x), reference_geglu(x, weight, bias) + 1, rtol=1e-5, atol=1e-5)
+
+
+def _kernel_missing() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    reason = kernel_unavailable(torch.device("cuda"), torch.float16)
+    return None if reason is None else f"the fused GEGLU kernel cannot run: {reason}"
+
+
+needs_kernel = pytest.mark.skipif(_kernel_missing() is not None, reason=_kernel_missing() or "")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("tokens, features_in, inner", [
-    (131072, 320, 1280), (32768, 640, 2560), (8192, 1280, 5120), (2048, 1280, 5120),  # 16 x 512x512, CFG
-    (300, 80, 48), (1, 16, 16), (4097, 320, 1296),  # tiles left part-filled in every dimension
+@needs_kernel
+@pytest.mark.parametrize("tokens, features_in, inner, dtype", [
+    *[(*shape, torch.float16) for shape in ((131072, 320, 1280), (32768, 640, 2560), (8192, 1280, 5120),
+                                             (2048, 1280, 5120))],  # 16 x 512x512, CFG
+    (32768, 640, 2560, torch.bfloat16),
+    (300, 80, 48, torch.float16), (1, 16, 16, torch.float16), (4097, 320, 1296, torch.float16),  # part-filled tiles
 ])
-def test_kernel_matches_float32_arithmetic(tokens, features_in, inner, bias, dtype):
+def test_kernel_matches_float32_arithmetic(tokens, features_in, inner, dtype):
     torch.manual_seed(0)
     x = torch.randn(tokens, features_in, device="cuda", dtype=dtype)
-    linear = torch.nn.Linear(features_in, 2 * inner, bias=bias, device="cuda", dtype=dtype)
-    b = linear.bias.detach() if bias else None
+    linear = torch.nn.Linear(features_in, 2 * inner, device="cuda", dtype=dtype)
+    weight, bias = linear.weight.detach(), linear.bias.detach()
     with torch.inference_mode():
-        expected = reference_geglu(x.float(), linear.weight.float(), None if b is None else b.float())
-        rounded = reference_geglu(x, linear.weight, b)  # diffusers' own, rounding the projection first
-        out = geglu(x, linear.weight, b)
+        expected = reference_geglu(x.float(), weight.float(), bias.float())
+        rounded = reference_geglu(x, weight, bias)  # diffusers' own, rounding the projection first
+        out = paired_geglu(x, pair_rows(weight), pair_rows(bias))
     assert out.shape == (tokens, inner) and out.dtype == dtype
     # One rounding to the dtype where diffusers has two: no further from float32 than diffusers is.
     assert relative_l2(out, expected) <= max(relative_l2(rounded, expected), torch.finfo(dtype).eps / 4)
 
 
 @pytest.mark.gpu
-def test_kernel_keeps_the_leading_axes():
+@needs_kernel
+def test_kernel_keeps_the_leading_axes_of_strided_input():
     x = torch.randn(4, 9, 64, device="cuda", dtype=torch.float16)[:, 1:]  # not contiguous in its rows
     weight = torch.randn(96, 64, device="cuda", dtype=torch.float16) / 8
-    out = geglu(x, weight, None)
+    bias = torch.randn(96, device="cuda", dtype=torch.float16)
+    out = paired_geglu(x, pair_rows(weight), pair_rows(bias))
     assert out.shape == (4, 8, 48)
-    torch.testing.assert_close(out, reference_geglu(x, weight, None), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(out, reference_geglu(x, weight, bias), rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.gpu
+@needs_kernel
+def test_kernel_replays_in_a_cuda_graph_under_torch_compile():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(640, 2 * 2560, device="cuda", dtype=torch.float16)
+    weight, bias = pair_rows(linear.weight.detach()), pair_rows(linear.bias.detach())
+    compiled = torch.compile(lambda x: paired_geglu(x * 2, weight, bias) + 1, dynamic=False)
+    static = torch.randn(4096, 640, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        compiled(static)  # compiles and tunes outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = compiled(static)
+        fresh = torch.randn_like(static)
+        static.copy_(fresh)
+        graph.replay()
+        torch.testing.assert_close(out, reference_geglu(fresh * 2, linear.weight, linear.bias) + 1, rtol=2e-3,
+                                   atol=2e-3)
+
+
+@pytest.mark.gpu
+@needs_kernel
 def test_half_precision_unet_keeps_its_noise_prediction(tiny_checkpoint):
     plain = load_component("unet", tiny_checkpoint, "cuda", "float16", {"fuse_qkv": "true"})
     fused = load_component("unet", tiny_checkpoint, "cuda", "float16", {"fuse_qkv": "true", "fused_geglu": "true"})
+    assert sum(isinstance(m, PairedGEGLU) for m in fused.model.modules()) > 0
+    assert not any(type(m) is GEGLU for m in fused.model.modules())
     inputs = example_inputs(contracts.UNET, plain.sizes(frames=4, height=64, width=64), device="cuda")
     expected, out = plain.infer(inputs)["NOISE_PRED"], fused.infer(inputs)["NOISE_PRED"]
     assert relative_l2(out, expected) < 5e-3
+
+
+def test_use_fused_geglu_replaces_nothing_where_the_kernel_cannot_run():
+    feed_forward = torch.nn.Sequential(GEGLU(32, 64), torch.nn.Linear(64, 32))
+    assert use_fused_geglu(feed_forward) == 0
+    assert type(feed_forward[0]) is GEGLU

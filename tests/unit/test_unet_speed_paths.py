@@ -162,10 +162,13 @@ def test_fast_variant_keeps_the_noise_prediction(tiny_checkpoint, monkeypatch):
 
 def test_compile_cache_dir_takes_effect_after_torch_chose_its_default(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_default")  # what torch sets on first use
-    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    for name in ("TRITON_CACHE_DIR", "QUACK_CACHE_DIR", "QUACK_CACHE_AUTOTUNING"):
+        monkeypatch.delenv(name, raising=False)
     load_component("unet", tiny_checkpoint, options={"compile_mode": "default", "compile_cache_dir": str(tmp_path)})
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    assert os.environ["QUACK_CACHE_DIR"] == str(tmp_path / "quack")  # the GEGLU kernel's builds and tuning
+    assert os.environ["QUACK_CACHE_AUTOTUNING"] == "1"
 
 
 SHARED = contracts.UNET_CFG_SHARED_INPUTS
