@@ -254,11 +254,13 @@ def geglu_probe(data: dict) -> list[str]:
     """bench/diagnostics/geglu_probe.py: the fused GEGLU kernel against cuBLAS's projection + Inductor's
     activation, per feed-forward shape of one UNet call."""
     rows = [[f"{row['tokens']} x {row['features_in']} -> 2 x {row['inner']}", row["calls"], row["compiled_ms"],
-             row["compiled_tflops"], row["kernel_ms"], row["kernel_tflops"], row["compiled_relative_l2"],
-             row["kernel_relative_l2"]] for row in data["shapes"]]
+             row["compiled_tflops"], row["kernel_ms"], row["kernel_tflops"], row.get("projection_alone_ms"),
+             row["compiled_relative_l2"], row["kernel_relative_l2"]] for row in data["shapes"]]
     total = data.get("per_unet_call", {})
-    return [table(("tokens x in -> out", "per call", "cuBLAS + Inductor ms", "TFLOP/s", "fused kernel ms", "TFLOP/s",
-                   "rel. L2 vs fp32", "kernel rel. L2 vs fp32"), rows),
+    kernel = data.get("kernel", "a Triton kernel")
+    return [f"Fused kernel: {kernel}.",
+            table(("tokens x in -> out", "per call", "cuBLAS + Inductor ms", "TFLOP/s", "fused kernel ms", "TFLOP/s",
+                   "cuBLAS projection alone ms", "rel. L2 vs fp32", "kernel rel. L2 vs fp32"), rows),
             f"Per UNet call: cuBLAS + Inductor {number(total.get('compiled_ms'))} ms, fused kernel "
             f"{number(total.get('kernel_ms'))} ms."]
 
