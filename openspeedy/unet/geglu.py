@@ -38,7 +38,8 @@ def kernel_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"it computes in float16 or bfloat16, the weights are {dtype}"
     try:
         import openspeedy.unet.geglu_kernel  # noqa: F401
-    except (ImportError, RuntimeError) as error:  # RuntimeError: CUTLASS's DSL finds no usable CUDA build
+    except (ImportError, RuntimeError, OSError) as error:
+        # RuntimeError: CUTLASS's DSL found no CUDA build that the driver takes; OSError: a library it loads
         return f"QuACK is not usable here ({error}); {INSTALL}"
     return None
 
