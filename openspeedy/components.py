@@ -25,11 +25,11 @@ except ImportError:  # older transformers 5: the class is the Pillow one
 from openspeedy import contracts
 from openspeedy.compilation import compiler, parse_inductor_options, use_compile_cache
 from openspeedy.contracts import ModelContract
+from openspeedy.cuda_graphs import GraphedCallable, run_graphed
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
 from openspeedy.example_inputs import as_cfg_pair, example_inputs, unet_sizes
 from openspeedy.model_config import flag
 from openspeedy.unet import feature_reuse, staged_forward
-from openspeedy.unet.cuda_graphs import GraphedCallable
 from openspeedy.unet.fp8 import convert_linears_to_fp8, fp8_supported
 from openspeedy.unet.geglu import use_fused_geglu
 from openspeedy.unet.layout import temporal_convs_as_2d, to_channels_last
@@ -252,10 +252,7 @@ class UNet:
         return {"NOISE_PRED": noise}
 
     def _run(self, path: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        fn = self.paths[path]
-        if isinstance(fn, GraphedCallable):
-            fn.capture(*tensors)  # once per shape: the first call at a shape compiles and captures it
-        return fn(*tensors)
+        return run_graphed(self.paths[path], *tensors)  # a shape's first call compiles and captures it
 
 
 # The UNet's own inputs, in its contract's order; the contract's optional inputs steer feature reuse.

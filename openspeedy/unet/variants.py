@@ -24,7 +24,7 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "compile-layout": _LAYOUT | {"compile_mode": "default"},
     # + the fused temporal attention kernel (openspeedy/unet/temporal_attention.py).
     "compile-attention": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default"},
-    # + the whole forward as one CUDA graph per shape (openspeedy/unet/cuda_graphs.py).
+    # + the whole forward as one CUDA graph per shape (openspeedy/cuda_graphs.py).
     "fast-unshared": _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true"},
     # + the CFG pair's layers before the first cross-attention once (openspeedy/unet/staged_forward.py).
     "fast-unfused-geglu": _SHARED,

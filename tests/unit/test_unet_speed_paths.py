@@ -11,9 +11,9 @@ from diffusers import I2VGenXLUNet
 
 from openspeedy import contracts
 from openspeedy.components import load_component
+from openspeedy.cuda_graphs import GraphedCallable
 from openspeedy.example_inputs import as_cfg_pair, example_inputs
 from openspeedy.unet import staged_forward
-from openspeedy.unet.cuda_graphs import GraphedCallable
 from openspeedy.unet.feature_reuse import full_step, shallow_path_supported, shallow_step
 from openspeedy.unet.temporal_attention import (
     TemporalAttentionProcessor,

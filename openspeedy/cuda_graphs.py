@@ -1,4 +1,4 @@
-"""A whole UNet forward replayed as one CUDA graph, per input shape.
+"""A model's whole forward replayed as one CUDA graph, per input shape.
 
 The compiled UNet's GPU time at 16 frames 512x512 is ~128 ms a call, but its CPU side (dynamo's guards,
 lifting ~340 parameters, Inductor's launch of each kernel) takes 5-10 ms of it, and the GPU waits:
@@ -7,7 +7,7 @@ kernels but keeps the guards and wrappers on every call. Capturing the whole for
 warm-up, which compiles and tunes) and replaying it leaves one copy per input and one graph launch.
 
 Each graph keeps static input buffers and its own memory pool (the activations of one forward, about
-the UNet's eager peak); the call copies its inputs in and returns clones of the outputs, so the next
+the model's eager peak); the call copies its inputs in and returns clones of the outputs, so the next
 replay cannot overwrite what a caller holds. Shapes never captured run ``fn`` directly, and so does every
 shape past ``max_graphs``: requests choose their sizes, and each graph holds gigabytes.
 """
@@ -69,3 +69,10 @@ class GraphedCallable:
             buffer.copy_(tensor)
         captured.graph.replay()
         return tuple(output.clone() for output in captured.outputs)
+
+
+def run_graphed(fn: Callable[..., Sequence[torch.Tensor]], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``fn(*tensors)``; where ``fn`` is a GraphedCallable, the first call at a signature captures it."""
+    if isinstance(fn, GraphedCallable):
+        fn.capture(*tensors)
+    return tuple(fn(*tensors))
