@@ -49,6 +49,17 @@ class Component(Protocol):
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
 
 
+def graphed_on_cuda(fn, device: torch.device, options: Mapping[str, str]):
+    """A CLIP encoder's device work ``fn``, replayed from a CUDA graph per input shape on CUDA unless the
+    config parameter ``cuda_graphs`` is false: eager, Python launching the kernels takes most of a call
+    (on an H200 a text encoder call took 19 ms eager and 2.4 ms replayed, an image encoder call 36 and
+    6.7 ms, its image resizing included). The VAE encoder stays eager: its 13 ms at 512x512 are GPU work,
+    and replayed it measured the same."""
+    if device.type == "cuda" and flag(options, "cuda_graphs", default=True):
+        return GraphedCallable(fn, max_graphs=int(options.get("max_cuda_graphs", 4)))
+    return fn
+
+
 class TextEncoder:
     """CLIP text tower: penultimate hidden state through the final layer norm (the reference's clip_skip=1)."""
 
@@ -60,6 +71,12 @@ class TextEncoder:
         self.device = device
         self.tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         self.model = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype).to(device).eval()
+        self.use_mask = getattr(self.model.config, "use_attention_mask", False)
+        self.embed = graphed_on_cuda(self._embed, device, options)
+
+    def _embed(self, input_ids: torch.Tensor, *mask: torch.Tensor) -> tuple[torch.Tensor]:
+        hidden = self.model(input_ids, attention_mask=mask[0] if mask else None, output_hidden_states=True)
+        return (self.model.final_layer_norm(hidden.hidden_states[-2]).float(),)
 
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -71,11 +88,9 @@ class TextEncoder:
             truncation=True,
             return_tensors="pt",
         )
-        use_mask = getattr(self.model.config, "use_attention_mask", False)
-        mask = tokens.attention_mask.to(self.device) if use_mask else None
-        hidden = self.model(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
-        embeds = self.model.final_layer_norm(hidden.hidden_states[-2])
-        return {"PROMPT_EMBEDS": embeds.float()}
+        mask = (tokens.attention_mask.to(self.device),) if self.use_mask else ()
+        (embeds,) = run_graphed(self.embed, tokens.input_ids.to(self.device), *mask)
+        return {"PROMPT_EMBEDS": embeds}
 
 
 class ImageEncoder:
@@ -92,6 +107,10 @@ class ImageEncoder:
             CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=dtype).to(device).eval()
         )
         self.size = (self.processor.crop_size["width"], self.processor.crop_size["height"])
+        self.embed = graphed_on_cuda(self._embed, device, options)
+
+    def _embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(pixels).image_embeds.float(),)
 
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -104,8 +123,8 @@ class ImageEncoder:
             images=pixels, do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False,
             return_tensors="pt",
         ).pixel_values
-        embeds = self.model(pixels.to(self.device, self.dtype)).image_embeds
-        return {"IMAGE_EMBEDS": embeds.float()}
+        (embeds,) = run_graphed(self.embed, pixels.to(self.device, self.dtype))
+        return {"IMAGE_EMBEDS": embeds}
 
 
 def _load_vae(directory: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
