@@ -160,7 +160,11 @@ class I2VGenXL:
         fps = torch.full((batch,), request.target_fps, dtype=torch.int64, device=self.device)
 
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+        # The timesteps stay on the host for the scheduler: its step indexes host tables with the timestep
+        # and compares it with 0, and a device timestep would make each step wait there for the GPU to
+        # finish the UNet call. The UNet gets them from one copy on the device, made here.
+        scheduler.set_timesteps(request.num_inference_steps)
+        unet_timesteps = scheduler.timesteps.to(self.device, torch.int64)
 
         channels, latent_height, latent_width = posterior.shape[1] // 2, posterior.shape[2], posterior.shape[3]
         shape = (1, channels, request.num_frames, latent_height, latent_width)
@@ -181,7 +185,7 @@ class I2VGenXL:
             rows_in_call = 2 if guided else 1
             inputs = dict(
                 SAMPLE=scheduler.scale_model_input(torch.cat([latents] * rows_in_call), t),
-                TIMESTEP=t.reshape(1).to(torch.int64),
+                TIMESTEP=unet_timesteps[step:step + 1],
                 ENCODER_HIDDEN_STATES=prompt_embeds[rows],
                 FPS=fps[rows],
                 IMAGE_LATENTS=image_latents[rows],
