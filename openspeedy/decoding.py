@@ -75,8 +75,9 @@ class ChunkedDecoder:
         # torch.compile of the decoder network halves its time on an H200 (16 frames at 512x512: 103
         # against 211 ms, docs/speed.md): most of it is group norms and activations at full resolution,
         # which Inductor fuses. Static shapes: dynamic ones would lose Inductor's channels-last layout.
-        # Each chunk shape compiles once; the memory plan keeps measuring the eager decoder, whose peak
-        # is the higher one (8.6 against 5.4 GB for that decode), so a plan that fits eager fits this.
+        # Each chunk shape compiles once. The memory plan measures this decoder, not the eager one: its
+        # peak is lower (5.4 against 8.6 GB for that decode), so its chunks are larger (16 frames in one
+        # call under the default budget, 103 ms, where eager's plan cuts 8 + 8, 128 ms compiled).
         self._compiled_decoder = compiler(compile_mode, {})(vae.decoder) if compile_mode else None
 
     @property
@@ -87,10 +88,12 @@ class ChunkedDecoder:
     # -- how much memory a decode takes -------------------------------------------------------------
 
     def _measure_peak(self, latents: torch.Tensor) -> int:
+        if self._compiled_decoder is not None:
+            self.decode_chunk(latents)  # a shape's first call compiles and tunes: not what a decode takes
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        frames_to_uint8(self.vae.decode(latents).sample)
+        frames_to_uint8(self.decode_chunk(latents))
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device) - before
 
@@ -99,7 +102,9 @@ class ChunkedDecoder:
 
         Measured from 2- and 4-frame decodes: on an H200 with the full-size VAE the peak grows faster than
         the 1-to-2-frame step suggests (allocator rounding, convolution workspaces), and a 2-to-4 slope
-        predicted the 8- to 32-frame peaks within 1%, where a 1-to-2 slope fell 15-25% short."""
+        predicted the 8- to 32-frame peaks within 1%, where a 1-to-2 slope fell 15-25% short. The probes
+        go through ``decode_chunk``, what decodes: with the compiled decoder that is two more shapes to
+        compile, once per resolution."""
         _, channels, height, width = latent_shape
         key = (channels, height, width, self._tiling(height, width))
         if key not in self._costs:
