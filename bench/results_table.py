@@ -273,6 +273,26 @@ def vae_decode_probe(data: dict) -> list[str]:
                    "max uint8 vs eager"), rows)]
 
 
+def pipeline_phases(data: dict) -> list[str]:
+    """bench/diagnostics/pipeline_phases.py: a video's time per model, each call timed alone, and its decode."""
+    alone = data.get("calls_timed_alone", {})
+    rows = [[name, model["calls"], model["seconds"] * 1e3, model["seconds"] * 1e3 / model["calls"]]
+            for name, model in alone.get("models", {}).items()]
+    rows.append(["between the calls (scheduler, guidance, inputs)", "", alone.get("outside_models_s", 0) * 1e3, ""])
+    plan, eager = data.get("decode_plan", {}), data.get("eager_decode_plan", {})
+    decodes = [[row["chunk"] or "automatic", row["frames_per_call"], row["seconds"] * 1e3,
+                gigabytes(row["peak_bytes"]), gigabytes(row["predicted_peak_bytes"])]
+               for row in data.get("decodes", [])]
+    return [f"{data['size']}, {data['steps']} steps, UNet `{data['variant']}`; the video as the benchmark times it: "
+            f"{number(data.get('video_s'))} s; with each model call timed alone (synchronised around it): "
+            f"{number(alone.get('whole_s'))} s",
+            table(("model", "calls", "ms", "ms per call"), rows),
+            f"Decode plan: {gigabytes(plan.get('per_frame_bytes'))} GB per frame, {plan.get('automatic_chunk')} "
+            f"frames per call (measured on the eager decoder: {gigabytes(eager.get('per_frame_bytes'))} GB per "
+            f"frame, {eager.get('automatic_chunk')} frames per call)",
+            table(("chunk asked", "frames per call", "ms for all frames", "peak GB", "predicted peak GB"), decodes)]
+
+
 def multi_gpu(data: dict) -> list[str]:
     return [table(("requests", "same seed, same video", "every GPU's copies served"),
                   [[data["requests"], data["same_seed_same_video"], data["every_gpu_served"]]]),
@@ -324,6 +344,7 @@ RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("lossless_probe*.json", lossless_probe),
     ("geglu_probe*.json", geglu_probe),
     ("vae_decode_probe*.json", vae_decode_probe),
+    ("pipeline_phases*.json", pipeline_phases),
 ]
 
 

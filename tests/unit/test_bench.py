@@ -1,6 +1,7 @@
 """The GPU benchmarks' pieces, run on a CPU with the tiny architecture as modules from the repository root:
 the end-to-end script runs and agrees with the reference pipeline it compares against, the UNet-call
-script counts FLOPs and times each variant (tests/server checks the served UNet's timing adapter)."""
+script counts FLOPs and times each variant, the pipeline diagnostic accounts for every model call (tests/server
+checks the served UNet's timing adapter)."""
 
 import json
 import subprocess
@@ -38,3 +39,16 @@ def test_unet_calls_benchmark_on_a_cpu(tmp_path):
     eager, layout = results["calls"]
     assert eager["variant"] == "eager" and eager["ms"] > 0 and eager["tflops"] > 0
     assert layout["variant"] == "eager-layout" and layout["relative_l2_vs_eager"] < 1e-5
+
+
+def test_pipeline_phases_diagnostic_on_a_cpu(tmp_path):
+    run_module("bench.diagnostics.pipeline_phases", "--out", str(tmp_path / "out"), "--checkpoint",
+               str(tmp_path / "ck"), "--size", "4x64x64", "--variant", "eager", "--vae-decoder-compile-mode", "",
+               "--steps", "3", "--chunks", "4,2")
+    results = json.loads((tmp_path / "out" / "pipeline_phases.json").read_text())
+    alone = results["calls_timed_alone"]
+    calls = {name: model["calls"] for name, model in alone["models"].items()}
+    assert calls == {"text_encoder": 2, "image_encoder": 1, "vae_encoder": 1, "unet": 3, "vae_decoder": 1}
+    assert alone["whole_s"] >= sum(model["seconds"] for model in alone["models"].values())
+    assert [(row["chunk"], row["frames_per_call"]) for row in results["decodes"]] == [
+        (0, results["decode_plan"]["automatic_chunk"]), (4, 4), (2, 2)]
