@@ -1,13 +1,13 @@
-"""A model's whole forward replayed as one CUDA graph, per input shape: the UNet's and the encoders'.
+"""A model's whole forward replayed as one CUDA graph, per input shape: the UNet's and the CLIP encoders'.
 
 The compiled UNet's GPU time at 16 frames 512x512 is ~128 ms a call, but its CPU side (dynamo's guards,
 lifting ~340 parameters, Inductor's launch of each kernel) takes 5-10 ms of it, and the GPU waits:
 the denoising loop hands the UNet one call at a time. torch.compile's "reduce-overhead" mode graphs the
 kernels but keeps the guards and wrappers on every call. Capturing the whole forward once (after a
 warm-up, which compiles and tunes) and replaying it leaves one copy per input and one graph launch.
-The CLIP encoders are the same story in small: on an H200 an eager call of the text encoder takes 19 ms
-and one of the image encoder 36 ms, nearly all of it Python launching kernels; replayed, 2.4 and 6.7 ms
-(docs/speed.md).
+The CLIP encoders are the same story in small: on an H200 an eager call of the text encoder took 19 ms
+and one of the image encoder 36 ms, most of it Python launching kernels; replayed, 2.4 and 6.7 ms, the
+image's resize on the CPU included (docs/speed.md).
 
 Each graph keeps static input buffers and its own memory pool (the activations of one forward, about
 the model's eager peak); the call copies its inputs in and returns clones of the outputs, so the next
