@@ -49,13 +49,15 @@ class Component(Protocol):
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
 
 
-def graphed_on_cuda(fn, device: torch.device, options: Mapping[str, str]):
-    """A CLIP encoder's device work ``fn``, replayed from a CUDA graph per input shape on CUDA unless the
-    config parameter ``cuda_graphs`` is false: eager, Python launching the kernels takes most of a call
-    (on an H200 a text encoder call took 19 ms eager and 2.4 ms replayed, an image encoder call 36 and
-    6.7 ms, its image resizing included). The VAE encoder stays eager: its 13 ms at 512x512 are GPU work,
-    and replayed it measured the same."""
-    if device.type == "cuda" and flag(options, "cuda_graphs", default=True):
+def graphed_on_cuda(fn, device: torch.device, options: Mapping[str, str], default: bool):
+    """``fn`` replayed from a CUDA graph per input shape, on CUDA where the config parameter ``cuda_graphs``
+    (``default`` where it is not set) asks; ``max_cuda_graphs`` (4) bounds the shapes, later ones run ``fn``.
+
+    The CLIP encoders default to on: eager, Python launching the kernels takes most of a call (on an
+    H200 a text encoder call took 19 ms eager and 2.4 ms replayed, an image encoder call 36 and 6.7 ms,
+    its image resizing included). The VAE encoder stays eager: its 13 ms at 512x512 are GPU work, and
+    replayed it measured the same. The UNet's graphs are a runtime option of its variants."""
+    if device.type == "cuda" and flag(options, "cuda_graphs", default=default):
         return GraphedCallable(fn, max_graphs=int(options.get("max_cuda_graphs", 4)))
     return fn
 
@@ -72,7 +74,7 @@ class TextEncoder:
         self.tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         self.model = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype).to(device).eval()
         self.use_mask = getattr(self.model.config, "use_attention_mask", False)
-        self.embed = graphed_on_cuda(self._embed, device, options)
+        self.embed = graphed_on_cuda(self._embed, device, options, default=True)
 
     def _embed(self, input_ids: torch.Tensor, *mask: torch.Tensor) -> tuple[torch.Tensor]:
         hidden = self.model(input_ids, attention_mask=mask[0] if mask else None, output_hidden_states=True)
@@ -107,7 +109,7 @@ class ImageEncoder:
             CLIPVisionModelWithProjection.from_pretrained(directory / "image_encoder", dtype=dtype).to(device).eval()
         )
         self.size = (self.processor.crop_size["width"], self.processor.crop_size["height"])
-        self.embed = graphed_on_cuda(self._embed, device, options)
+        self.embed = graphed_on_cuda(self._embed, device, options, default=True)
 
     def _embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.model(pixels).image_embeds.float(),)
@@ -201,10 +203,9 @@ class UNet:
             if not self.shares_cfg_rows:  # diffusers' forward, which the plain path calls
                 self.model = compile(self.model)
             paths |= {name: compile(paths[name]) for name in staged}
-        self.paths = {name: self._in_contract_precision(fn) for name, fn in paths.items()}
-        if flag(options, "cuda_graphs") and device.type == "cuda":
-            limit = int(options.get("max_cuda_graphs", 4))  # per path; later shapes run without a graph
-            self.paths = {name: GraphedCallable(fn, max_graphs=limit) for name, fn in self.paths.items()}
+        # Each path graphs its own shapes (up to max_cuda_graphs each); later shapes run without a graph.
+        self.paths = {name: graphed_on_cuda(self._in_contract_precision(fn), device, options, default=False)
+                      for name, fn in paths.items()}
         for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
             inputs = example_inputs(self.contract, self.sizes(frames, height, width), device=self.device)
             if self.shares_cfg_rows:  # compile and capture what the pipeline's CFG calls send
