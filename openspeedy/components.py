@@ -8,7 +8,7 @@ the contract's tensor names; outputs are torch tensors on the component's device
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import PIL.Image
@@ -192,6 +192,7 @@ class UNet:
         # A CFG call whose two rows share the sample computes the layers before the first cross-attention
         # once (openspeedy/unet/staged_forward.py); the plain path is then the staged forward too.
         self.shares_cfg_rows = flag(options, "share_cfg_rows")
+        self.last_rows_shared = False  # whether the last CFG call's rows were shared: see _run_sharing_rows
         if self.shares_cfg_rows and not staged_forward.staged_first_block(self.eager_model):
             raise ValueError("unet: share_cfg_rows needs a cross-attention first down block (the published one)")
         plain = self._staged_plain if self.shares_cfg_rows else self._plain
@@ -245,34 +246,61 @@ class UNet:
         """The contract's axis sizes for one CFG call at a video size in pixels."""
         return unet_sizes(self.eager_model.config, frames, height // 8, width // 8, batch)
 
-    def _one_row_if_shared(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``args`` with SAMPLE, FPS and IMAGE_LATENTS cut to one row where a CFG pair's two rows hold the
-        same values in them (what the pipeline sends): the staged forward then computes their shared
-        layers once. One comparison on the device, one synchronisation per call."""
-        if not self.shares_cfg_rows or args[0].shape[0] != 2:
-            return args
-        positions = [UNET_MODEL_INPUTS.index(name) for name in contracts.UNET_CFG_SHARED_INPUTS]
-        if not bool(torch.stack([(args[i][0] == args[i][1]).all() for i in positions]).all()):
-            return args
-        return [arg[:1] if i in positions else arg for i, arg in enumerate(args)]
-
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        args = self._one_row_if_shared([inputs[name].to(self.device) for name in UNET_MODEL_INPUTS])
+        args = [inputs[name].to(self.device) for name in UNET_MODEL_INPUTS]
         deep, keep = inputs.get("DEEP_FEATURES"), inputs.get("RETURN_DEEP_FEATURES")
         if (deep is not None or keep is not None) and not self.reuses_features:
             raise ValueError("unet: this architecture has no shallow path for feature reuse")
         if deep is not None:
-            (noise,) = self._run("shallow", *args, deep.to(self.device))
+            (noise,) = self._run_sharing_rows("shallow", args, deep.to(self.device))
             return {"NOISE_PRED": noise}
         if keep is not None and int(keep.reshape(-1)[0]):
-            noise, features = self._run("full", *args)
+            noise, features = self._run_sharing_rows("full", args)
             return {"NOISE_PRED": noise, "DEEP_FEATURES": features}
-        (noise,) = self._run("plain", *args)
+        (noise,) = self._run_sharing_rows("plain", args)
         return {"NOISE_PRED": noise}
+
+    def _run_sharing_rows(self, path: str, args: list[torch.Tensor], *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``path`` on ``args``, with SAMPLE, FPS and IMAGE_LATENTS cut to one row where a CFG pair's two
+        rows hold the same values in them (what the pipeline sends): the staged forward then computes
+        their shared layers once. Whether they do is a comparison on the device. After a call whose rows
+        were shared, the next one launches the one-row forward before the comparison's answer is back,
+        then reads it (and computes the pair in full where the rows differ): reading it first would leave
+        the GPU idle at every step while the CPU copies the inputs in and launches the graph."""
+        if not self.shares_cfg_rows or args[0].shape[0] != 2:
+            return self._run(path, *args, *extra)
+        positions = [UNET_MODEL_INPUTS.index(name) for name in contracts.UNET_CFG_SHARED_INPUTS]
+        one_row = [arg[:1] if i in positions else arg for i, arg in enumerate(args)]
+        rows_equal = read_later(torch.stack([(args[i][0] == args[i][1]).all() for i in positions]).all())
+        if self.last_rows_shared:
+            outputs = self._run(path, *one_row, *extra)
+            if rows_equal():
+                return outputs
+        self.last_rows_shared = rows_equal()
+        return self._run(path, *(one_row if self.last_rows_shared else args), *extra)
 
     def _run(self, path: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return run_graphed(self.paths[path], *tensors)  # a shape's first call compiles and captures it
+
+
+def read_later(flag: torch.Tensor) -> Callable[[], bool]:
+    """``bool(flag)``, read when the returned function is called. On CUDA the value is copied to pinned
+    host memory now, in stream order, so the read waits for that copy alone and not for the work
+    launched after it, as ``bool(flag)`` then would."""
+    if flag.device.type != "cuda":
+        value = bool(flag)
+        return lambda: value
+    host = torch.empty((), dtype=torch.bool, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> bool:
+        copied.synchronize()
+        return bool(host)
+
+    return read
 
 
 # The UNet's own inputs, in its contract's order; the contract's optional inputs steer feature reuse.

@@ -232,6 +232,39 @@ def test_unet_shares_cfg_rows_only_where_they_are_equal(tiny_checkpoint, inputs,
     assert torch.equal(shared.infer(one)["NOISE_PRED"], plain.infer(one)["NOISE_PRED"])  # batch 1: nothing to share
 
 
+def test_rows_that_differ_after_a_shared_pair_are_computed_in_full(tiny_checkpoint, inputs, cfg_inputs):
+    """After a shared pair the UNet launches the one-row forward before it knows whether the next pair
+    shares its rows: a pair that does not is then computed again in full, and the next one is checked
+    before anything is launched."""
+    plain = load_component("unet", tiny_checkpoint)
+    shared = load_component("unet", tiny_checkpoint, options={"share_cfg_rows": "true"})
+    counted = ConvInRows(shared.eager_model)
+    frames = inputs["SAMPLE"].shape[2]
+    shared.infer(cfg_inputs)
+    assert counted.rows == [frames]
+    assert torch.equal(shared.infer(inputs)["NOISE_PRED"], plain.infer(inputs)["NOISE_PRED"])
+    assert counted.rows[1:] == [frames, 2 * frames]  # launched on one row, then the pair in full
+    assert torch.equal(shared.infer(inputs)["NOISE_PRED"], plain.infer(inputs)["NOISE_PRED"])
+    assert counted.rows[3:] == [2 * frames]  # checked first: no wasted forward
+    expected = plain.infer(cfg_inputs)["NOISE_PRED"]
+    for _ in range(2):
+        torch.testing.assert_close(shared.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-5, atol=1e-5)
+    assert counted.rows[4:] == [frames, frames]
+
+
+@pytest.mark.gpu
+def test_rows_are_read_after_the_launch_on_cuda(tiny_checkpoint, inputs, cfg_inputs, monkeypatch):
+    """On CUDA, through the graphs, as the served variant runs: a shared pair, a pair that differs
+    right after it, and a shared pair again each give the eager forward's prediction."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    eager = load_component("unet", tiny_checkpoint, "cuda")
+    fast = load_component("unet", tiny_checkpoint, "cuda", options=TORCH_VARIANTS["fast"])
+    on_cuda = [{name: value.cuda() for name, value in batch.items()} for batch in (cfg_inputs, inputs)]
+    for batch in (*on_cuda, *on_cuda, on_cuda[0]):
+        torch.testing.assert_close(fast.infer(batch)["NOISE_PRED"], eager.infer(batch)["NOISE_PRED"],
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_shared_cfg_rows_keep_the_video(tiny_checkpoint, local_pipeline):
     from tests.unit.test_fast_modes import request
 
