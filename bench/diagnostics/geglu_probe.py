@@ -1,11 +1,13 @@
 """The GEGLU inside its matrix product (QuACK's kernel, openspeedy/unet/geglu.py) against what a compiled
 UNet runs for it (cuBLAS's projection, then Inductor's ``gelu * mul``) and against cuBLAS's projection
-alone, at every feed-forward shape of one UNet CFG call: full-size I2VGen-XL architecture with RANDOM
-fp16 weights. Times are triton.testing.do_bench's (CUDA events, the L2 cache flushed between runs), after
+alone, and against the same kernel with the CuTe DSL's own erf in its epilogue (``--library-erf``), at
+every feed-forward shape of one UNet CFG call: full-size I2VGen-XL architecture with RANDOM fp16
+weights. Times are triton.testing.do_bench's (CUDA events, the L2 cache flushed between runs), after
 a first call that tunes the kernel (its seconds are reported); the error is each result's relative L2
 against float32 arithmetic.
 
-Usage: python -m bench.diagnostics.geglu_probe --out DIR [--size 16x512x512]. Writes DIR/geglu_probe.json.
+Usage: python -m bench.diagnostics.geglu_probe --out DIR [--size 16x512x512] [--library-erf]. Writes
+DIR/geglu_probe.json.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--size", default="16x512x512", help="FRAMESxHEIGHTxWIDTH of the video")
+    parser.add_argument("--library-erf", action="store_true",
+                        help="also time the kernel with the CuTe DSL's erf (bench/diagnostics/geglu_library_erf.py)")
     args = parser.parse_args()
+    variants = {}
+    if args.library_erf:
+        from bench.diagnostics.geglu_library_erf import library_erf_geglu
+
+        variants["library_erf"] = library_erf_geglu
     (frames, height, width), = parse_shapes(args.size)
     dtype = torch.float16
     torch.manual_seed(0)
@@ -57,7 +66,7 @@ def main() -> None:
     shapes = feed_forward_shapes(unet, unet_inputs(unet, frames, height // 8, 2, dtype))
     del unet
     results = Results(args.out / "geglu_probe.json", size=args.size, kernel="QuACK GEMM, GEGLU epilogue")
-    total = dict(compiled_ms=0.0, kernel_ms=0.0, projection_alone_ms=0.0)
+    total = dict(compiled_ms=0.0, kernel_ms=0.0, projection_alone_ms=0.0) | {f"{name}_ms": 0.0 for name in variants}
     for shape in shapes:
         x = torch.randn(shape["tokens"], shape["features_in"], device=DEVICE, dtype=dtype)
         linear = torch.nn.Linear(shape["features_in"], 2 * shape["inner"], device=DEVICE, dtype=dtype)
@@ -76,6 +85,13 @@ def main() -> None:
                        projection_alone_ms=do_bench(lambda: F.linear(x, weight, bias)),  # noqa: B023
                        compiled_relative_l2=relative_l2(compiled(x, weight, bias), exact),
                        kernel_relative_l2=relative_l2(fused, exact))
+            for name, variant in variants.items():
+                started = time.perf_counter()
+                out = variant(x, paired_weight, paired_bias)
+                synchronize()
+                row |= {f"{name}_first_call_s": time.perf_counter() - started,
+                        f"{name}_ms": do_bench(lambda: variant(x, paired_weight, paired_bias)),  # noqa: B023
+                        f"{name}_relative_l2": relative_l2(out, exact)}
         flops = 2 * shape["tokens"] * shape["features_in"] * 2 * shape["inner"]
         row |= dict(compiled_tflops=flops / row["compiled_ms"] / 1e9, kernel_tflops=flops / row["kernel_ms"] / 1e9)
         for key in total:
