@@ -11,8 +11,3 @@ from quack.epilogue.ops import RowVecLoad
 def library_erf_epilogue(acc, bias):
     gate, value = unpack(acc + bias)
     return {"postact": gelu_erf(gate) * value}
-
-
-def library_erf_geglu(x, weight, bias):
-    """``paired_geglu`` (openspeedy/unet/geglu.py) with this epilogue, for 2D ``x``."""
-    return library_erf_epilogue(x, weight.T, store_d=False, bias=bias[None])["postact"]

@@ -13,6 +13,7 @@ DIR/geglu_probe.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -55,9 +56,10 @@ def main() -> None:
     args = parser.parse_args()
     variants = {}
     if args.library_erf:
-        from bench.diagnostics.geglu_library_erf import library_erf_geglu
+        from bench.diagnostics.geglu_library_erf import library_erf_epilogue
+        from openspeedy.unet.geglu_kernel import geglu_rows
 
-        variants["library_erf"] = library_erf_geglu
+        variants["library_erf"] = functools.partial(geglu_rows, epilogue=library_erf_epilogue)
     (frames, height, width), = parse_shapes(args.size)
     dtype = torch.float16
     torch.manual_seed(0)

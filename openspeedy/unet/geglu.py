@@ -57,13 +57,13 @@ def paired_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
     tensor, the same arithmetic in PyTorch elsewhere."""
     if not x.is_cuda:
         return paired_reference(x, weight, bias)
-    from openspeedy.unet.geglu_kernel import paired_geglu_epilogue
+    from openspeedy.unet.geglu_kernel import geglu_rows
 
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1 or rows.stride(0) != rows.shape[-1]:  # its loads need dense rows
         rows = rows.contiguous()
     with torch.cuda.device(x.device):
-        out = paired_geglu_epilogue(rows, weight.T, store_d=False, bias=bias[None])["postact"]
+        out = geglu_rows(rows, weight, bias)
     return out.reshape(*x.shape[:-1], weight.shape[0] // 2)
 
 

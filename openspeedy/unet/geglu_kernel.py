@@ -1,5 +1,5 @@
-"""QuACK's GEMM with the GEGLU in its epilogue. It imports QuACK, so only openspeedy/unet/geglu.py imports
-it, and only where the kernel can run."""
+"""QuACK's GEMM with the GEGLU in its epilogue. It imports QuACK, so only openspeedy/unet/geglu.py (and the
+GPU probe bench/diagnostics/geglu_probe.py) imports it, and only where the kernel can run."""
 
 import math
 
@@ -42,3 +42,9 @@ def paired_geglu_epilogue(acc, bias):
     # float32, before anything is rounded or stored.
     gate, value = unpack(acc + bias)
     return {"postact": gelu_exact(gate) * value}
+
+
+def geglu_rows(rows, weight, bias, epilogue=paired_geglu_epilogue):
+    """``value * gelu(gate)`` of dense 2D ``rows`` for a weight and bias in paired-row order, through
+    ``epilogue`` (this module's; bench/diagnostics/geglu_probe.py passes others to compare)."""
+    return epilogue(rows, weight.T, store_d=False, bias=bias[None])["postact"]
