@@ -11,6 +11,13 @@ A (3, 1, 1) convolution over (batch, channels, frames, height, width) is the sam
 Inductor's channels-last graph, and their channels-last layout, (batch, frames, pixels, channels) in
 memory, is exactly the layout of the spatial activations (batch * frames, height, width, channels)
 around them, so the reshapes between the two are free. diffusers has no such option; it is this module.
+
+The weights need the same layout. Inductor compiles the parameters as inputs of the graph, and its
+convolution lowering makes each weight channels-last inside the graph: a copy of every convolution
+weight in every call (1.6 GB read and written per UNet call at the published widths, 98 of the tiny
+UNet's 107 convolutions), unless the weight already has that layout. ``to_channels_last`` converts them
+once, at load; the compiled graph then hands them to cuDNN as they are (tests/unit/test_unet_speed_paths.py
+reads the generated code for it).
 """
 
 from __future__ import annotations
@@ -49,8 +56,8 @@ def temporal_convs_as_2d(model: nn.Module) -> int:
 
 
 def to_channels_last(model: nn.Module) -> None:
-    """4D convolution weights channels-last, so that eager cuDNN calls also pick NHWC without transposing
-    the weights on every call (Inductor does this itself when it compiles)."""
+    """4D convolution weights channels-last, once: compiled, no call copies them into that layout (see
+    above); eager, cuDNN then picks NHWC kernels without transposing the weights on every call."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, TemporalConvAs2d)):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)

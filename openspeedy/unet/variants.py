@@ -12,7 +12,8 @@ RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 _LAYOUT = {"fuse_qkv": "true", "temporal_conv2d": "true"}
 _SHARED = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
                      "share_cfg_rows": "true"}
-_FAST = _SHARED | {"fused_geglu": "true"}
+_FUSED_GEGLU = _SHARED | {"fused_geglu": "true"}
+_FAST = _FUSED_GEGLU | {"channels_last": "true"}
 
 TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
@@ -29,7 +30,10 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     # + the CFG pair's layers before the first cross-attention once (openspeedy/unet/staged_forward.py).
     "fast-unfused-geglu": _SHARED,
     # + the feed-forward's GEGLU inside its matrix product (openspeedy/unet/geglu.py, QuACK on Hopper and
-    # newer; elsewhere the option is off and this is the row above): the fastest lossless runtime measured.
+    # newer; elsewhere the option is off and this is the row above).
+    "fast-nchw-weights": _FUSED_GEGLU,
+    # + the convolution weights channels-last once at load, instead of in every call inside the compiled
+    # graph (openspeedy/unet/layout.py): the fastest lossless runtime.
     "fast": _FAST,
     # + Inductor's coordinate-descent tuning of its own kernels' launch settings and 1x1 convolutions as
     # matrix products (the settings diffusers' speed guide used for SDXL). Not timed: on an H200 its

@@ -4,10 +4,12 @@ attention op is SDPA itself and CUDA graphs are off; the tests marked gpu run th
 CUDA exists."""
 
 import os
+import re
 
 import pytest
 import torch
 from diffusers import I2VGenXLUNet
+from torch import nn
 
 from openspeedy import contracts
 from openspeedy.components import load_component
@@ -15,6 +17,7 @@ from openspeedy.cuda_graphs import GraphedCallable
 from openspeedy.example_inputs import as_cfg_pair, example_inputs
 from openspeedy.unet import staged_forward
 from openspeedy.unet.feature_reuse import full_step, shallow_path_supported, shallow_step
+from openspeedy.unet.layout import TemporalConvAs2d
 from openspeedy.unet.temporal_attention import (
     TemporalAttentionProcessor,
     _sdpa,
@@ -279,15 +282,46 @@ def test_shared_cfg_rows_keep_the_video(tiny_checkpoint, local_pipeline):
     assert float((latents - exact).norm() / exact.norm()) < 1e-5
 
 
+def call_arguments(code: str, function: str) -> list[list[str]]:
+    """The arguments, as written, of every call of ``function`` in generated Python code."""
+    calls = []
+    for match in re.finditer(re.escape(function) + r"\(", code):
+        arguments, current, depth = [], "", 0
+        for char in code[match.end():]:
+            if depth == 0 and char in ",)":
+                arguments.append(current.strip())
+                current = ""
+                if char == ")":
+                    break
+                continue
+            depth += (char in "([") - (char in ")]")
+            current += char
+        calls.append(arguments)
+    return calls
+
+
 @pytest.mark.slow
-def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inputs):
+def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inputs, monkeypatch):
     """The served variant's compiled path (CUDA graphs and the Triton kernel do not apply on a CPU):
-    torch.compile traces the staged forward with one shared row and keeps the prediction."""
+    torch.compile traces the staged forward with one shared row and keeps the prediction. Its graph hands
+    every convolution its weight as loaded: none is copied into channels-last in each call (layout
+    optimisation forced on here, as Inductor turns it on for this UNet on a GPU; openspeedy/unet/layout.py)."""
+    import torch._inductor.config
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setattr(torch._inductor.config, "force_layout_optimization", True)
     expected = load_component("unet", tiny_checkpoint).infer(cfg_inputs)["NOISE_PRED"]
     fast = load_component("unet", tiny_checkpoint, options=TORCH_VARIANTS["fast"])
     counted = ConvInRows(fast.eager_model)
-    torch.testing.assert_close(fast.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-4, atol=1e-4)
+    outputs, code = run_and_get_code(fast.infer, cfg_inputs)
+    torch.testing.assert_close(outputs["NOISE_PRED"], expected, rtol=1e-4, atol=1e-4)
     assert counted.rows == [cfg_inputs["SAMPLE"].shape[2]]  # traced once, with the shared row
+
+    convolutions = call_arguments("\n".join(code), "extern_kernels.convolution")
+    modules = [m for m in fast.eager_model.modules() if isinstance(m, (nn.Conv2d, TemporalConvAs2d))]
+    assert len(convolutions) == len(modules)  # each convolution of the forward, once
+    copied = [arguments[1] for arguments in convolutions if not re.fullmatch(r"arg\d+_1", arguments[1])]
+    assert copied == [], f"{len(copied)} of {len(convolutions)} convolution weights are converted in every call"
 
 
 def test_inductor_options_parse_to_settings_and_join_the_mode(monkeypatch):
