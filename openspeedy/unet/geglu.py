@@ -16,10 +16,12 @@ leaves diffusers' GEGLU in place and the log says why: it is a speed preference,
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from openspeedy.module_swap import replace_modules
 
@@ -70,6 +72,13 @@ def paired_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
 @paired_geglu.register_fake
 def _(x, weight, bias):
     return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
+
+
+@register_flop_formula(torch.ops.openspeedy.paired_geglu)
+def _paired_geglu_flops(x_shape, weight_shape, bias_shape, out_shape=None, **kwargs) -> int:
+    """The projection's matrix product, as FlopCounterMode counts the linear layer this op replaces (the
+    counter knows no custom op, so without this a UNet's count would leave the feed-forwards' first half out)."""
+    return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * weight_shape[0]
 
 
 def paired_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,23 @@ def test_op_traces_under_torch_compile():
     torch.testing.assert_close(compiled(x), reference_geglu(x, weight, bias) + 1, rtol=1e-5, atol=1e-5)
 
 
+def test_flop_counter_counts_the_op_as_the_linear_it_replaces():
+    """bench.unet_calls rates a UNet call by FlopCounterMode's count: the fused op must count as diffusers'
+    projection does (and its reference arithmetic inside the op must not count a second time)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, weight, bias = torch.randn(3, 5, 16), torch.randn(64, 16), torch.randn(64)
+    counts = []
+    for fused in (False, True):
+        with FlopCounterMode(display=False) as counter:
+            if fused:
+                paired_geglu(x, pair_rows(weight), pair_rows(bias))
+            else:
+                reference_geglu(x, weight, bias)
+        counts.append(counter.get_total_flops())
+    assert counts == [2 * 15 * 16 * 64] * 2
+
+
 def _kernel_missing() -> str | None:
     if not torch.cuda.is_available():
         return "needs a CUDA GPU"
