@@ -44,6 +44,12 @@ def milliseconds(value: Any) -> str:
     return MISSING if value is None else f"{value * 1e3:.1f}"
 
 
+def ratio(value: Any) -> str:
+    """A speed-up to three decimals: the targets are ratios like 1.3x, which three significant digits
+    would show as met at 1.2973."""
+    return MISSING if value is None else f"{value:.3f}"
+
+
 def percent(value: Any) -> str:
     return MISSING if value is None else f"{value * 100:+.1f}%"
 
@@ -97,9 +103,10 @@ def end_to_end(data: dict) -> list[str]:
              + (f"; OpenSpeedy's VAE decoder compiled ({data['vae_decoder_compile_mode']})"
                 if data.get("vae_decoder_compile_mode") else "")]
     for size in data["sizes"]:
-        rows = [[row["pipeline"], row["seconds"], row.get("speedup_vs_diffusers"),
-                 row.get("speedup_vs_diffusers-compile"), row.get("relative_l2"), row.get("relative_l2_vs_exact"),
-                 gigabytes(row.get("peak_bytes")), row.get("load_and_warmup_s")] for row in size["pipelines"]]
+        rows = [[row["pipeline"], row["seconds"], ratio(row.get("speedup_vs_diffusers")),
+                 ratio(row.get("speedup_vs_diffusers-compile")), row.get("relative_l2"),
+                 row.get("relative_l2_vs_exact"), gigabytes(row.get("peak_bytes")), row.get("load_and_warmup_s")]
+                for row in size["pipelines"]]
         parts.append(f"{size['frames']} x {size['height']}x{size['width']}:\n\n" + table(
             ("pipeline", "seconds", "speed-up vs diffusers", "vs diffusers-compile", "video rel. L2 vs diffusers",
              "rel. L2 vs exact", "peak GB", "load + warm-up s"), rows))
