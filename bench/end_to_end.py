@@ -13,7 +13,7 @@ latents) against the eager reference, peak device memory, and the seconds to loa
 compiled rows, compilation). A 2-step video at the same size warms each pipeline up before the timed one.
 
 Usage: python -m bench.end_to_end --out DIR [--sizes 16x512x512,...] [--variants fast] [--modes reuse3,...]
-       [--vae-decoder-compile-mode default]
+       [--vae-decoder-compile-mode default] [--vae-encoder-compile-mode default]
 Writes DIR/end_to_end.json after every measurement (a run cut short keeps what it measured).
 """
 
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--modes", default="", help=f"opt-in approximations on the last variant, of {', '.join(MODES)}")
     parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
                         help="OpenSpeedy's decoder compiled (its vae_decoder config parameter compile_mode)")
+    parser.add_argument("--vae-encoder-compile-mode", default="", choices=("", "default"),
+                        help="OpenSpeedy's VAE encoder compiled (its vae_encoder config parameter compile_mode)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
     args = parser.parse_args()
@@ -88,10 +90,10 @@ def main() -> None:
     modes = [name for name in args.modes.split(",") if name]
     results = Results(args.out / "end_to_end.json", steps=args.steps, variants={n: VARIANTS[n] for n in variants},
                       modes={n: MODE_NOTES[n] for n in modes}, vae_decoder_compile_mode=args.vae_decoder_compile_mode,
-                      sizes=[])
-    decoder_options = {"compile_mode": args.vae_decoder_compile_mode}
-    others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name,
-                                   decoder_options if name == "vae_decoder" else None)
+                      vae_encoder_compile_mode=args.vae_encoder_compile_mode, sizes=[])
+    vae_options = {"vae_decoder": {"compile_mode": args.vae_decoder_compile_mode},
+                   "vae_encoder": {"compile_mode": args.vae_encoder_compile_mode}}
+    others = {name: load_component(name, args.checkpoint, DEVICE, dtype_name, vae_options.get(name))
               for name in COMPONENT_CLASSES if name != "unet"}
 
     for frames, height, width in parse_shapes(args.sizes):

@@ -101,7 +101,9 @@ def end_to_end(data: dict) -> list[str]:
              + ("; modes: " + ", ".join(f"`{name}` {compact(inputs)}" for name, inputs in data["modes"].items())
                 if data.get("modes") else "")
              + (f"; OpenSpeedy's VAE decoder compiled ({data['vae_decoder_compile_mode']})"
-                if data.get("vae_decoder_compile_mode") else "")]
+                if data.get("vae_decoder_compile_mode") else "")
+             + (f"; OpenSpeedy's VAE encoder compiled ({data['vae_encoder_compile_mode']})"
+                if data.get("vae_encoder_compile_mode") else "")]
     for size in data["sizes"]:
         rows = [[row["pipeline"], row["seconds"], ratio(row.get("speedup_vs_diffusers")),
                  ratio(row.get("speedup_vs_diffusers-compile")), row.get("relative_l2"),

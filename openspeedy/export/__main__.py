@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
                         help="torch.compile the VAE decoder network (each chunk shape compiles once; "
                              "about half its time on an H200); empty: eager")
+    parser.add_argument("--vae-encoder-compile-mode", default="", choices=("", "default"),
+                        help="torch.compile the VAE encoder network (each image size compiles once); empty: eager")
     parser.add_argument("--max-queue-size", type=int, default=8,
                         help="requests an entry model queues; more are refused at once with UNAVAILABLE")
     parser.add_argument("--max-request-seconds", type=float, default=None,
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> Path:
         warmup_shapes=args.warmup_shapes,
         unet_compile_mode=args.unet_compile_mode,
         vae_decoder_compile_mode=args.vae_decoder_compile_mode,
+        vae_encoder_compile_mode=args.vae_encoder_compile_mode,
         warmup_feature_reuse=args.warmup_feature_reuse,
         compile_cache_dir=args.compile_cache_dir,
         queue=QueuePolicy(max_queue_size=args.max_queue_size),

@@ -59,6 +59,7 @@ class ExportOptions:
     warmup_feature_reuse: bool = False  # warm-up also prepares FEATURE_REUSE_INTERVAL's paths (longer load)
     unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
     vae_decoder_compile_mode: str = ""  # "" (eager) or "default": torch.compile of the decoder network
+    vae_encoder_compile_mode: str = ""  # "" (eager) or "default": torch.compile of the encoder network
     unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (openspeedy/export/unet_repository.py)
     unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
     # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
@@ -142,13 +143,15 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
     if contract is contracts.UNET and options.unet_runtime != "torch":
         return unet_repository.unet_config(options, group, name)
     parameters = {"dtype": options.dtype}
-    if options.warmup_shapes and contract in (contracts.UNET, contracts.VAE_DECODER):
+    vae_compile_mode = {contracts.VAE_DECODER: options.vae_decoder_compile_mode,
+                        contracts.VAE_ENCODER: options.vae_encoder_compile_mode}.get(contract, "")
+    if options.warmup_shapes and (contract in (contracts.UNET, contracts.VAE_DECODER) or vae_compile_mode):
         parameters["warmup_shapes"] = options.warmup_shapes
     if contract is contracts.UNET and options.unet_compile_mode:
         # The fastest benchmarked compiled variant (openspeedy/unet/variants.py).
         parameters |= compiled_serving_options(options.unet_compile_mode)
-    if contract is contracts.VAE_DECODER and options.vae_decoder_compile_mode:
-        parameters["compile_mode"] = options.vae_decoder_compile_mode
+    if vae_compile_mode:
+        parameters["compile_mode"] = vae_compile_mode
     if options.compile_cache_dir and (contract is contracts.UNET or "compile_mode" in parameters):
         parameters["compile_cache_dir"] = options.compile_cache_dir
     if contract is contracts.UNET and options.warmup_feature_reuse:

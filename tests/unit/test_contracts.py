@@ -86,16 +86,21 @@ def test_export_command_line_reaches_the_configs(tmp_path):
     output = tmp_path / "models"
     main(["--tiny", "--output", str(output), "--warmup-shapes", "2x64x64", "--max-queue-size", "3",
           "--cache-redis-ttl-s", "60", "--no-cache", "--unet-compile-mode", "default",
-          "--vae-decoder-compile-mode", "default", "--compile-cache-dir", str(tmp_path / "cache")])
-    decoder = parse(output / "vae_decoder" / "config.pbtxt")
-    assert decoder.parameters["compile_mode"].string_value == "default"
-    assert decoder.parameters["compile_cache_dir"].string_value == str(tmp_path / "cache")
+          "--vae-decoder-compile-mode", "default", "--vae-encoder-compile-mode", "default",
+          "--compile-cache-dir", str(tmp_path / "cache")])
+    for vae in ("vae_decoder", "vae_encoder"):
+        config = parse(output / vae / "config.pbtxt")
+        assert config.parameters["compile_mode"].string_value == "default"
+        assert config.parameters["compile_cache_dir"].string_value == str(tmp_path / "cache")
+        assert config.parameters["warmup_shapes"].string_value == "2x64x64"
     assert "compile_mode" not in parse(output / "text_encoder" / "config.pbtxt").parameters
     unet = parse(output / "unet" / "config.pbtxt")
     assert unet.parameters["warmup_shapes"].string_value == "2x64x64"
     assert unet.parameters["compile_mode"].string_value == "default"
-    # the benchmarked compiled runtime: fused QKV, temporal convolutions in the channels-last graph
+    # the benchmarked compiled runtime: fused QKV, temporal convolutions in the channels-last graph, the
+    # convolution weights converted to it once
     assert unet.parameters["fuse_qkv"].string_value == unet.parameters["temporal_conv2d"].string_value == "true"
+    assert unet.parameters["channels_last"].string_value == "true"
     entry = parse(output / "i2vgen_xl" / "config.pbtxt")
     assert entry.dynamic_batching.default_queue_policy.max_queue_size == 3
     assert entry.parameters["cache_redis_ttl_s"].string_value == "60"
