@@ -40,9 +40,12 @@ def kernel_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"it computes in float16 or bfloat16, the weights are {dtype}"
     try:
         import openspeedy.unet.geglu_kernel  # noqa: F401
-    except (ImportError, RuntimeError, OSError) as error:
-        # RuntimeError: CUTLASS's DSL found no CUDA build that the driver takes; OSError: a library it loads
-        return f"QuACK is not usable here ({error}); {INSTALL}"
+    except Exception as error:  # whatever stops the kernel, diffusers' GEGLU runs instead
+        # Seen: ImportError (not installed), RuntimeError (CUTLASS's DSL found no CUDA build the driver
+        # takes), OSError (a library it loads), TypeError (QuACK could not fingerprint the epilogue: it
+        # walks into any function whose file is not under a site-packages folder, so a DSL installed
+        # elsewhere fails here).
+        return f"QuACK is not usable here ({type(error).__name__}: {error}); {INSTALL}"
     return None
 
 

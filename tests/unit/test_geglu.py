@@ -44,6 +44,26 @@ def test_kernel_unavailable_names_the_reason():
     assert kernel_unavailable(torch.device("cpu"), torch.float16) == "it runs on CUDA GPUs only"
 
 
+def test_a_kernel_that_fails_to_build_turns_the_option_off(monkeypatch):
+    """Any error while QuACK builds the epilogue at import (a TypeError was seen) is a reason, not a crash."""
+    import builtins
+    import sys
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delitem(sys.modules, "openspeedy.unet.geglu_kernel", raising=False)
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "openspeedy.unet.geglu_kernel":
+            raise TypeError("epilogue fn depends on <ContextVar name='_LOC_TRANSFORMS'>")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    reason = kernel_unavailable(torch.device("cuda"), torch.float16)
+    assert reason.startswith("QuACK is not usable here (TypeError: epilogue fn depends on")
+
+
 def test_paired_rows_give_diffusers_arithmetic():
     original = GEGLU(32, 48)
     x = torch.randn(3, 7, 32, dtype=torch.float64)
