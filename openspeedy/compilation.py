@@ -1,5 +1,5 @@
 """How the components call torch.compile: one place for the mode, the static shapes, Inductor's settings
-and the on-disk caches, so the UNet and the VAE decoder compile alike."""
+and the on-disk caches, so the UNet and the VAE encoder and decoder compile alike."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from typing import Mapping
 import torch
 
 
-def use_compile_cache(directory: Path) -> None:
-    """Inductor's, Triton's and QuACK's on-disk caches in ``directory`` (a volume), so a restart reuses the
-    kernels compiled, and QuACK's GEMM configurations tuned, before it. Set outright: torch writes its
+def use_compile_cache(options: Mapping[str, str]) -> None:
+    """Inductor's, Triton's and QuACK's on-disk caches in the directory that the config parameter
+    ``compile_cache_dir`` names (a volume; none where it is not set), so a restart reuses the kernels
+    compiled, and QuACK's GEMM configurations tuned, before it. Set outright: torch writes its
     default into TORCHINDUCTOR_CACHE_DIR the first time it looks the variable up, so a default-respecting
     setdefault here would often find it taken (seen on the GPU machine: the caches went to /tmp). QuACK
     reads its variables when it is first imported, so this runs before that."""
+    if not options.get("compile_cache_dir"):
+        return
+    directory = Path(options["compile_cache_dir"])
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
     os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
     os.environ["QUACK_CACHE_DIR"] = str(directory / "quack")

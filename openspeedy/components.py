@@ -149,8 +149,7 @@ class VaeEncoder:
         self.device, self.dtype = device, dtype
         self.vae = _load_vae(directory, device, dtype)
         if options.get("compile_mode"):
-            if options.get("compile_cache_dir"):
-                use_compile_cache(Path(options["compile_cache_dir"]))
+            use_compile_cache(options)
             # vae.encode (slicing, tiling, the posterior) stays diffusers'; only the network it calls compiles.
             self.vae.encoder = compiler(options["compile_mode"], {})(self.vae.encoder)
         for _, height, width in parse_shapes(options.get("warmup_shapes", "")):
@@ -182,8 +181,7 @@ class UNet:
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
-        if options.get("compile_cache_dir"):  # before the GEGLU kernel's library reads where its cache is
-            use_compile_cache(Path(options["compile_cache_dir"]))
+        use_compile_cache(options)  # before the GEGLU kernel's library reads where its cache is
         self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
         if flag(options, "fuse_qkv"):
             self.model.fuse_qkv_projections()  # one matrix product for Q, K and V where they share an input
@@ -327,8 +325,8 @@ class VaeDecoder:
     weight_folders = ("vae",)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
-        if options.get("compile_mode") and options.get("compile_cache_dir"):
-            use_compile_cache(Path(options["compile_cache_dir"]))
+        if options.get("compile_mode"):
+            use_compile_cache(options)
         self.decoder = ChunkedDecoder(
             _load_vae(directory, device, dtype),
             device,
