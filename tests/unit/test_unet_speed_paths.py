@@ -52,6 +52,17 @@ def reuse_arguments(inputs):
             inputs["ENCODER_HIDDEN_STATES"])
 
 
+def test_flop_counter_counts_the_temporal_attention_as_the_sdpa_it_replaces():
+    """bench.unet_calls rates a UNet call by FlopCounterMode's count: the op counts what the counter counts
+    for SDPA on the GPU (and the SDPA it falls back to on a CPU does not count a second time)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    query, key, value = (torch.randn(6, 7, 2 * 16) for _ in range(3))
+    with FlopCounterMode(display=False) as counter:
+        temporal_attention(query, key, value, 2)
+    assert counter.get_total_flops() == sdpa_flop_count((6, 2, 7, 16), (6, 2, 7, 16), (6, 2, 7, 16)) > 0
+
+
 def test_temporal_attention_processor_is_diffusers_arithmetic(tiny_checkpoint, inputs):
     fused = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true"})
     kernel = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true", "temporal_attention_kernel": "true"})
