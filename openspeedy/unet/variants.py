@@ -13,7 +13,8 @@ _LAYOUT = {"fuse_qkv": "true", "temporal_conv2d": "true"}
 _SHARED = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "default", "cuda_graphs": "true",
                      "share_cfg_rows": "true"}
 _FUSED_GEGLU = _SHARED | {"fused_geglu": "true"}
-_FAST = _FUSED_GEGLU | {"channels_last": "true"}
+_WEIGHTS = _FUSED_GEGLU | {"channels_last": "true"}
+_FAST = _WEIGHTS | {"channels_last_joins": "true"}
 
 TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
@@ -33,7 +34,10 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     # newer; elsewhere the option is off and this is the row above).
     "fast-nchw-weights": _FUSED_GEGLU,
     # + the convolution weights channels-last once at load, instead of in every call inside the compiled
-    # graph (openspeedy/unet/layout.py): the fastest lossless runtime.
+    # graph (openspeedy/unet/layout.py).
+    "fast-nchw-joins": _WEIGHTS,
+    # + the up blocks' joins of the path and its skip connections written channels-last
+    # (openspeedy/unet/layout.py): the fastest lossless runtime.
     "fast": _FAST,
     # + Inductor's coordinate-descent tuning of its own kernels' launch settings and 1x1 convolutions as
     # matrix products (the settings diffusers' speed guide used for SDXL). Not timed: on an H200 its

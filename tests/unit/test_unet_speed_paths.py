@@ -311,6 +311,40 @@ def call_arguments(code: str, function: str) -> list[list[str]]:
     return calls
 
 
+def test_channels_last_joins_are_a_layout_requirement_in_the_compiled_graph(tiny_checkpoint, cfg_inputs, monkeypatch):
+    """Each up block resnet's input, the path joined with a skip connection, reaches Inductor with a
+    channels-last requirement (torch 2.11 otherwise wrote it contiguous and read it transposed:
+    openspeedy/unet/layout.py), and the prediction stays. torch.compile's guards tell a UNet with the
+    option from one without it (they do not look at forward hooks), so neither reuses the other's graph."""
+    graphs, compile = [], torch.compile
+
+    def recording(gm, _example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **_kwargs: compile(fn, backend=recording))
+    plain = load_component("unet", tiny_checkpoint, options={"temporal_conv2d": "true", "channels_last": "true"})
+    joins = load_component("unet", tiny_checkpoint, options={"temporal_conv2d": "true", "channels_last": "true",
+                                                             "channels_last_joins": "true", "compile_mode": "default",
+                                                             "share_cfg_rows": "true"})
+    expected = plain.infer(cfg_inputs)["NOISE_PRED"]
+    torch.testing.assert_close(joins.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-5, atol=1e-5)
+    force = torch.ops.prims.inductor_force_stride_order
+    (required,) = [[n for n in graph.graph.nodes if n.target in (force, force.default)] for graph in graphs]
+    assert len(required) == sum(len(block.resnets) for block in joins.eager_model.up_blocks) > 0
+    for node in required:
+        joined = node.args[0].meta["example_value"]
+        assert joined.shape[1] > joined.shape[3]  # channels, not a pixel axis
+        assert tuple(node.args[1]) == torch.empty(joined.shape).contiguous(memory_format=torch.channels_last).stride()
+
+    staged = torch.compile(staged_forward.forward)  # the model as an argument: only the guards tell them apart
+    with torch.no_grad():
+        for unet in (plain, joins):
+            staged(unet.eager_model, *reuse_arguments(cfg_inputs))
+    assert [len([n for n in graph.graph.nodes if n.target in (force, force.default)]) for graph in graphs[1:]] == [
+        0, len(required)]
+
+
 @pytest.mark.slow
 def test_fast_variant_compiles_the_shared_pair_on_a_cpu(tiny_checkpoint, cfg_inputs, monkeypatch):
     """The served variant's compiled path (CUDA graphs and the Triton kernel do not apply on a CPU):
