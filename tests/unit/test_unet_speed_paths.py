@@ -333,9 +333,8 @@ def test_channels_last_joins_are_a_layout_requirement_in_the_compiled_graph(tiny
     (required,) = [[n for n in graph.graph.nodes if n.target in (force, force.default)] for graph in graphs]
     assert len(required) == sum(len(block.resnets) for block in joins.eager_model.up_blocks) > 0
     for node in required:
-        joined = node.args[0].meta["example_value"]
-        assert joined.shape[1] > joined.shape[3]  # channels, not a pixel axis
-        assert tuple(node.args[1]) == torch.empty(joined.shape).contiguous(memory_format=torch.channels_last).stride()
+        shape = node.args[0].meta["example_value"].shape
+        assert tuple(node.args[1]) == torch.empty(shape).contiguous(memory_format=torch.channels_last).stride()
 
     staged = torch.compile(staged_forward.forward)  # the model as an argument: only the guards tell them apart
     with torch.no_grad():
