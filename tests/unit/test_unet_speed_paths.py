@@ -330,7 +330,11 @@ def test_channels_last_joins_are_a_layout_requirement_in_the_compiled_graph(tiny
     expected = plain.infer(cfg_inputs)["NOISE_PRED"]
     torch.testing.assert_close(joins.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-5, atol=1e-5)
     force = torch.ops.prims.inductor_force_stride_order
-    (required,) = [[n for n in graph.graph.nodes if n.target in (force, force.default)] for graph in graphs]
+
+    def requirements(graph):
+        return [node for node in graph.graph.nodes if node.target in (force, force.default)]
+
+    (required,) = map(requirements, graphs)
     assert len(required) == sum(len(block.resnets) for block in joins.eager_model.up_blocks) > 0
     for node in required:
         shape = node.args[0].meta["example_value"].shape
@@ -340,8 +344,7 @@ def test_channels_last_joins_are_a_layout_requirement_in_the_compiled_graph(tiny
     with torch.no_grad():
         for unet in (plain, joins):
             staged(unet.eager_model, *reuse_arguments(cfg_inputs))
-    assert [len([n for n in graph.graph.nodes if n.target in (force, force.default)]) for graph in graphs[1:]] == [
-        0, len(required)]
+    assert [len(requirements(graph)) for graph in graphs[1:]] == [0, len(required)]
 
 
 @pytest.mark.slow
