@@ -32,7 +32,12 @@ from openspeedy.model_config import flag
 from openspeedy.unet import feature_reuse, staged_forward
 from openspeedy.unet.fp8 import convert_linears_to_fp8, fp8_supported
 from openspeedy.unet.geglu import use_fused_geglu
-from openspeedy.unet.layout import channels_last_joins, temporal_convs_as_2d, to_channels_last
+from openspeedy.unet.layout import (
+    channels_last_joins,
+    channels_last_temporal_convs,
+    temporal_convs_as_2d,
+    to_channels_last,
+)
 from openspeedy.unet.onnxruntime_runtime import OnnxRuntimeUNet
 from openspeedy.unet.temporal_attention import use_temporal_attention_kernel
 
@@ -195,6 +200,11 @@ class UNet:
             to_channels_last(self.model)
         if flag(options, "channels_last_joins"):
             channels_last_joins(self.model)
+        if flag(options, "channels_last_temporal_convs"):
+            if not flag(options, "temporal_conv2d"):
+                raise ValueError("unet: channels_last_temporal_convs needs temporal_conv2d (the layout is that of "
+                                 "the temporal convolutions as 2D ones)")
+            channels_last_temporal_convs(self.model)
         if flag(options, "fp8"):
             if not fp8_supported(device):
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")

@@ -27,6 +27,14 @@ channels-last copy for the shortcut: at the 64x64 level one of these kernels too
 where moving its bytes once takes about 0.25 ms, and together they were the graph's slowest elementwise
 kernels (3.6 ms of a call). ``channels_last_joins`` asks for the layout at each join, so the
 concatenation is written channels-last once and read as it lies: a call 2.1 ms faster on that H100.
+
+So do the temporal convolutions' inputs. Each is the output of a group norm and SiLU over the
+(batch, channels, frames, height, width) view of the activations, and Inductor (torch 2.11) wrote that
+output in the contiguous 5D layout: the norm's elementwise kernel read the channels-last activations and
+wrote them transposed, and a second kernel transposed them back to channels-last for the convolution.
+On an H100 the second kernel alone took 59 us at the 64x64 level, 16 of them in a call, and the
+transposes of all levels about 2 ms of a call. ``channels_last_temporal_convs`` asks for the layout at
+each temporal convolution's input, so the norm writes it channels-last, as the convolution reads it.
 """
 
 from __future__ import annotations
@@ -65,30 +73,49 @@ def temporal_convs_as_2d(model: nn.Module) -> int:
     )
 
 
-class ChannelsLastJoin(nn.Module):
-    """An up block's resnet whose input, the path joined with a skip connection, is channels-last in the
-    compiled graph (see above). A module, not a forward hook: torch.compile does not guard on hooks, so
-    in one process a UNet without them would reuse the graph of one with them, or the other way round."""
+def channels_last_strides(shape: torch.Size) -> tuple[int, ...]:
+    """Strides of a (batch, channels, *spatial) tensor with the channels fastest and the batch slowest:
+    torch.channels_last for 4D shapes, torch.channels_last_3d for 5D ones."""
+    strides, step = [0] * len(shape), 1
+    for dim in (1, *range(len(shape) - 1, 1, -1), 0):
+        strides[dim] = step
+        step *= shape[dim]
+    return tuple(strides)
 
-    def __init__(self, resnet: nn.Module):
+
+class ChannelsLastInput(nn.Module):
+    """A module whose first input is channels-last in the compiled graph (see above). A wrapper, not a
+    forward hook: torch.compile does not guard on hooks, so in one process a UNet without them would
+    reuse the graph of one with them, or the other way round."""
+
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.resnet = resnet
+        self.module = module
 
-    def forward(self, joined: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if torch.compiler.is_compiling():  # eager, each operation takes the layout its inputs have
-            _, channels, _, width = joined.shape  # (batch * frames, channels, height, width)
             # Inductor's own primitive for a layout requirement: its lowering of clone ignores memory_format
             # and leaves the layout to the first reader.
-            joined = torch.ops.prims.inductor_force_stride_order(joined, (joined[0].numel(), 1, width * channels,
-                                                                          channels))
-        return self.resnet(joined, *args, **kwargs)
+            x = torch.ops.prims.inductor_force_stride_order(x, channels_last_strides(x.shape))
+        return self.module(x, *args, **kwargs)
+
+
+def _wrap_inputs(model: nn.Module, wraps) -> int:
+    import torch._inductor.inductor_prims  # noqa: F401  registers the primitive
+
+    return replace_modules(model, wraps, ChannelsLastInput)
 
 
 def channels_last_joins(model: nn.Module) -> int:
-    """Wraps each up block resnet of ``model`` in place (see ``ChannelsLastJoin``); returns how many."""
-    import torch._inductor.inductor_prims  # noqa: F401  registers the primitive
+    """Wraps each up block resnet of ``model`` in place, so the path joined with a skip connection is
+    channels-last (see ``ChannelsLastInput``); returns how many."""
+    return _wrap_inputs(model.up_blocks, lambda m: isinstance(m, ResnetBlock2D))
 
-    return replace_modules(model.up_blocks, lambda m: isinstance(m, ResnetBlock2D), ChannelsLastJoin)
+
+def channels_last_temporal_convs(model: nn.Module) -> int:
+    """Wraps each ``TemporalConvAs2d`` of ``model`` in place, so its input is channels-last (see
+    ``ChannelsLastInput``); returns how many."""
+    return _wrap_inputs(model, lambda m: isinstance(m, TemporalConvAs2d))
 
 
 def to_channels_last(model: nn.Module) -> None:

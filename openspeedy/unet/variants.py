@@ -14,7 +14,8 @@ _SHARED = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "defau
                      "share_cfg_rows": "true"}
 _FUSED_GEGLU = _SHARED | {"fused_geglu": "true"}
 _WEIGHTS = _FUSED_GEGLU | {"channels_last": "true"}
-_FAST = _WEIGHTS | {"channels_last_joins": "true"}
+_JOINS = _WEIGHTS | {"channels_last_joins": "true"}
+_FAST = _JOINS | {"channels_last_temporal_convs": "true"}
 
 TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
@@ -37,8 +38,15 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     # graph (openspeedy/unet/layout.py).
     "fast-nchw-joins": _WEIGHTS,
     # + the up blocks' joins of the path and its skip connections written channels-last
-    # (openspeedy/unet/layout.py): the fastest lossless runtime.
+    # (openspeedy/unet/layout.py).
+    "fast-nchw-temporal": _JOINS,
+    # + the temporal convolutions' inputs written channels-last (openspeedy/unet/layout.py): the fastest
+    # lossless runtime.
     "fast": _FAST,
+    # + Programmatic Dependent Launch of Inductor's Triton kernels (Hopper and newer): each may start
+    # while the kernel before it drains, instead of after it ends. Measured slower on an H100 (112.6
+    # against 110.5 ms a call), so `fast` leaves it off.
+    "fast-pdl": _FAST | {"inductor_options": "triton.enable_pdl=true"},
     # + Inductor's coordinate-descent tuning of its own kernels' launch settings and 1x1 convolutions as
     # matrix products (the settings diffusers' speed guide used for SDXL). Not timed: on an H200 its
     # compile at 16x512x512 had not finished after about 290 s, where `fast` compiles in 167 s.

@@ -98,9 +98,9 @@ def test_export_command_line_reaches_the_configs(tmp_path):
     assert unet.parameters["warmup_shapes"].string_value == "2x64x64"
     assert unet.parameters["compile_mode"].string_value == "default"
     # the benchmarked compiled runtime: fused QKV, temporal convolutions in the channels-last graph, the
-    # convolution weights converted to it once, the up blocks' joins in it
+    # convolution weights converted to it once, the up blocks' joins and the temporal convolutions' inputs in it
     assert unet.parameters["fuse_qkv"].string_value == unet.parameters["temporal_conv2d"].string_value == "true"
-    for layout in ("channels_last", "channels_last_joins"):
+    for layout in ("channels_last", "channels_last_joins", "channels_last_temporal_convs"):
         assert unet.parameters[layout].string_value == "true"
     entry = parse(output / "i2vgen_xl" / "config.pbtxt")
     assert entry.dynamic_batching.default_queue_policy.max_queue_size == 3

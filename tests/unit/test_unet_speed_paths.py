@@ -311,11 +311,23 @@ def call_arguments(code: str, function: str) -> list[list[str]]:
     return calls
 
 
-def test_channels_last_joins_are_a_layout_requirement_in_the_compiled_graph(tiny_checkpoint, cfg_inputs, monkeypatch):
-    """Each up block resnet's input, the path joined with a skip connection, reaches Inductor with a
-    channels-last requirement (torch 2.11 otherwise wrote it contiguous and read it transposed:
-    openspeedy/unet/layout.py), and the prediction stays. torch.compile's guards tell a UNet with the
-    option from one without it (they do not look at forward hooks), so neither reuses the other's graph."""
+def up_block_resnets(model: nn.Module) -> list[nn.Module]:
+    return [resnet for block in model.up_blocks for resnet in block.resnets]
+
+
+def temporal_convs(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules() if isinstance(module, TemporalConvAs2d)]
+
+
+@pytest.mark.parametrize("option, wrapped", [("channels_last_joins", up_block_resnets),
+                                             ("channels_last_temporal_convs", temporal_convs)])
+def test_channels_last_inputs_are_layout_requirements_in_the_compiled_graph(tiny_checkpoint, cfg_inputs, monkeypatch,
+                                                                             option, wrapped):
+    """Each up block resnet's input (the path joined with a skip connection), and each temporal
+    convolution's input, reaches Inductor with a channels-last requirement (torch 2.11 otherwise wrote
+    them contiguous and transposed them: openspeedy/unet/layout.py), and the prediction stays.
+    torch.compile's guards tell a UNet with the option from one without it (they do not look at forward
+    hooks), so neither reuses the other's graph."""
     graphs, compile = [], torch.compile
 
     def recording(gm, _example_inputs):
@@ -323,28 +335,34 @@ def test_channels_last_joins_are_a_layout_requirement_in_the_compiled_graph(tiny
         return gm.forward
 
     monkeypatch.setattr(torch, "compile", lambda fn, **_kwargs: compile(fn, backend=recording))
-    plain = load_component("unet", tiny_checkpoint, options={"temporal_conv2d": "true", "channels_last": "true"})
-    joins = load_component("unet", tiny_checkpoint, options={"temporal_conv2d": "true", "channels_last": "true",
-                                                             "channels_last_joins": "true", "compile_mode": "default",
-                                                             "share_cfg_rows": "true"})
+    layout = {"temporal_conv2d": "true", "channels_last": "true"}
+    plain = load_component("unet", tiny_checkpoint, options=layout)
+    required_layout = load_component("unet", tiny_checkpoint, options=layout | {
+        option: "true", "compile_mode": "default", "share_cfg_rows": "true"})
     expected = plain.infer(cfg_inputs)["NOISE_PRED"]
-    torch.testing.assert_close(joins.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(required_layout.infer(cfg_inputs)["NOISE_PRED"], expected, rtol=1e-5, atol=1e-5)
     force = torch.ops.prims.inductor_force_stride_order
 
     def requirements(graph):
         return [node for node in graph.graph.nodes if node.target in (force, force.default)]
 
     (required,) = map(requirements, graphs)
-    assert len(required) == sum(len(block.resnets) for block in joins.eager_model.up_blocks) > 0
+    assert len(required) == len(wrapped(plain.eager_model)) > 0  # each wrapped module runs once in a forward
     for node in required:
         shape = node.args[0].meta["example_value"].shape
-        assert tuple(node.args[1]) == torch.empty(shape).contiguous(memory_format=torch.channels_last).stride()
+        memory_format = {4: torch.channels_last, 5: torch.channels_last_3d}[len(shape)]
+        assert tuple(node.args[1]) == torch.empty(shape).contiguous(memory_format=memory_format).stride()
 
     staged = torch.compile(staged_forward.forward)  # the model as an argument: only the guards tell them apart
     with torch.no_grad():
-        for unet in (plain, joins):
+        for unet in (plain, required_layout):
             staged(unet.eager_model, *reuse_arguments(cfg_inputs))
     assert [len(requirements(graph)) for graph in graphs[1:]] == [0, len(required)]
+
+
+def test_channels_last_temporal_convs_need_the_2d_convolutions(tiny_checkpoint):
+    with pytest.raises(ValueError, match="channels_last_temporal_convs needs temporal_conv2d"):
+        load_component("unet", tiny_checkpoint, options={"channels_last_temporal_convs": "true"})
 
 
 @pytest.mark.slow
