@@ -36,6 +36,10 @@ def number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def share(value: Any) -> str:
+    return MISSING if value is None else f"{value:.1%}"
+
+
 def gigabytes(value: Any) -> str:
     return MISSING if value is None else f"{value / 1e9:.2f}"
 
@@ -116,11 +120,18 @@ def end_to_end(data: dict) -> list[str]:
 
 
 def unet_calls(data: dict) -> list[str]:
+    rate = ""
+    if "matrix_tflops_before" in data:
+        rate = (f" The card's {data.get('dtype', 'float16')} matrix rate in this run (an 8192-cube product on random "
+                f"data): {data['matrix_tflops_before']:.0f} TFLOP/s before the first variant, "
+                f"{number(data.get('matrix_tflops_after'))} after the last; shares are of the first.")
     parts = [f"One CFG call (batch {data.get('batch', 2)}), {data['frames']} frames {data['height']}x{data['width']}, "
-             f"{data.get('dtype', 'float16')}; {data['flops'] / 1e12:.2f} TFLOP per call (FlopCounterMode)."]
-    parts.append(table(("variant", "ms / call", "TFLOP/s", "rel. L2 vs eager", "load + first call s", "peak GB"),
-                       [[row["variant"], row["ms"], row["tflops"], row.get("relative_l2_vs_eager"),
-                         row["load_and_first_call_s"], gigabytes(row.get("peak_bytes"))] for row in data["calls"]]))
+             f"{data.get('dtype', 'float16')}; {data['flops'] / 1e12:.2f} TFLOP per call (FlopCounterMode)." + rate]
+    parts.append(table(("variant", "ms / call", "TFLOP/s", "share of matrix rate", "rel. L2 vs eager",
+                        "load + first call s", "peak GB"),
+                       [[row["variant"], f"{row['ms']:.1f}", row["tflops"], share(row.get("share_of_matrix_rate")),
+                         row.get("relative_l2_vs_eager"), row["load_and_first_call_s"],
+                         gigabytes(row.get("peak_bytes"))] for row in data["calls"]]))
     if data.get("feature_reuse"):
         parts.append("Feature reuse (shallow path against the full one that keeps its deep features):\n\n" + table(
             ("variant", "full ms", "shallow ms", "shallow / full", "full rel. L2 vs eager",

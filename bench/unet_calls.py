@@ -2,7 +2,10 @@
 ms per call, achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode on the eager model), peak memory,
 load-and-first-call seconds (compilation, capture) and the relative L2 of the output against eager; the
 shallow path of feature reuse next to the full one; the temporal attention kernel against PyTorch's SDPA
-backends at the UNet's temporal shapes; optionally a kernel profile of one variant.
+backends at the UNet's temporal shapes; optionally a kernel profile of some variants. On a GPU, the card's
+16-bit matrix rate is measured in the same run (before the first variant and after the last), so each
+call's share of it compares with the card it ran on: the same model of card runs at different speeds
+on different machines.
 
 Usage: python -m bench.unet_calls --out DIR [--variants eager,fast] [--size 16x512x512] [--feature-reuse fast]
        [--attention] [--profile fast] [--dtype float16]
@@ -50,6 +53,23 @@ def call_row(unet, inputs, flops: int, started: float, reference, repeats: int, 
     if reference is not None:
         row["relative_l2_vs_eager"] = relative_l2(out, reference)
     return row, out
+
+
+def matrix_rate(dtype: torch.dtype, size: int = 8192, repeats: int = 20) -> float:
+    """TFLOP/s of a size x size x size matrix product on random data: the card's matrix rate as this run
+    finds it (the median of ``repeats`` products, timed with CUDA events after warm-up)."""
+    a, b = (torch.randn(size, size, device=DEVICE, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * size**3 / sorted(times)[repeats // 2] / 1e12
 
 
 def attention_shapes(frames: int, height: int, width: int, batch: int = 2) -> list[tuple[int, int, int]]:
@@ -131,7 +151,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"))
     parser.add_argument("--feature-reuse", default="", help="variants whose shallow path is timed too")
     parser.add_argument("--attention", action="store_true", help="temporal attention kernel against SDPA")
-    parser.add_argument("--profile", default="", help="a variant whose kernels are profiled")
+    parser.add_argument("--profile", default="", help="variants whose kernels are profiled")
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
     args = parser.parse_args()
     ensure_checkpoint(args.checkpoint, args.smoke)
@@ -141,6 +161,11 @@ def main() -> None:
     results = Results(args.out / "unet_calls.json", frames=frames, height=height, width=width, batch=2, dtype=dtype)
     if args.attention and DEVICE.type == "cuda":
         results["temporal_attention"] = bench_attention(frames, height, width, getattr(torch, dtype))
+
+    rates = []
+    if DEVICE.type == "cuda":
+        rates.append(matrix_rate(getattr(torch, dtype)))
+        results["matrix_tflops_before"] = rates[-1]
 
     reference, flops, inputs = None, None, None
     for variant in filter(None, args.variants.split(",")):
@@ -154,16 +179,20 @@ def main() -> None:
             results["flops"] = flops
         row, out = call_row(unet, inputs, flops, started, reference, repeats, variant=variant,
                             options=VARIANTS[variant])
+        if rates:
+            row["share_of_matrix_rate"] = row["tflops"] / rates[0]
         reference = out if reference is None else reference
         results.append("calls", row)
         if variant in args.feature_reuse.split(","):
             reuse = bench_feature_reuse(unet, inputs, reference, repeats)
             results.append("feature_reuse", dict(variant=variant, **reuse))
-        if variant == args.profile and DEVICE.type == "cuda":
+        if variant in args.profile.split(",") and DEVICE.type == "cuda":
             profile_calls(unet, inputs, args.out / f"profile_{variant}_{args.size}.txt")
         del unet
         if DEVICE.type == "cuda":
             torch.cuda.empty_cache()
+    if rates:
+        results["matrix_tflops_after"] = matrix_rate(getattr(torch, dtype))
 
 
 if __name__ == "__main__":
