@@ -345,6 +345,17 @@ def cudnn_probe(data: dict) -> list[str]:
     return [table(("process", "cuDNN", "SDPA per call, or the error"), rows)]
 
 
+def group_norm_probe(data: dict) -> list[str]:
+    """bench/diagnostics/group_norm_probe.py: per level and Inductor setting, each Triton kernel's time."""
+    rows = []
+    for row in data["rows"]:
+        triton = {name: us for name, us in row["kernels"].items() if name.startswith("triton")}
+        rows.append([f"{row['channels']} x {row['size']}x{row['size']}", row["settings"], row["compile_s"],
+                     row["triton_us"], row["total_us"], "; ".join(f"{name}: {us:.1f}" for name, us in triton.items())])
+    return [table(("channels x level", "Inductor settings", "compile s", "Inductor kernels us", "all kernels us",
+                   "each Inductor kernel, us"), rows)]
+
+
 def in_process_synchronized(data: dict) -> list[str]:
     return [table(("in process s", "synchronized per UNet call s"),
                   [[data["in_process_s"], data["in_process_synchronized_per_step_s"]]])]
@@ -369,6 +380,7 @@ RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("geglu_probe*.json", geglu_probe),
     ("vae_decode_probe*.json", vae_decode_probe),
     ("pipeline_phases*.json", pipeline_phases),
+    ("group_norm_probe*.json", group_norm_probe),
 ]
 
 

@@ -1,7 +1,7 @@
 """The GPU benchmarks' pieces, run on a CPU with the tiny architecture as modules from the repository root:
 the end-to-end script runs and agrees with the reference pipeline it compares against, the UNet-call
-script counts FLOPs and times each variant, the pipeline diagnostic accounts for every model call (tests/server
-checks the served UNet's timing adapter)."""
+script counts FLOPs and times each variant, the pipeline diagnostic accounts for every model call, the group
+norm probe compiles under each Inductor setting (tests/server checks the served UNet's timing adapter)."""
 
 import json
 import subprocess
@@ -52,3 +52,11 @@ def test_pipeline_phases_diagnostic_on_a_cpu(tmp_path):
     assert alone["whole_s"] >= sum(model["seconds"] for model in alone["models"].values())
     assert [(row["chunk"], row["frames_per_call"]) for row in results["decodes"]] == [
         (0, results["decode_plan"]["automatic_chunk"]), (4, 4), (2, 2)]
+
+
+def test_group_norm_probe_on_a_cpu(tmp_path):
+    run_module("bench.diagnostics.group_norm_probe", "--out", str(tmp_path / "out"))
+    rows = json.loads((tmp_path / "out" / "group_norm_probe.json").read_text())["rows"]
+    assert [row["settings"] for row in rows] == ["default", "prefer_nd_tiling", "coordinate_descent"]
+    for row in rows:
+        assert row["compile_s"] > 0 and row["total_us"] > 0 and row["kernels"]
