@@ -162,10 +162,9 @@ def main() -> None:
     if args.attention and DEVICE.type == "cuda":
         results["temporal_attention"] = bench_attention(frames, height, width, getattr(torch, dtype))
 
-    rates = []
+    rate_before = None
     if DEVICE.type == "cuda":
-        rates.append(matrix_rate(getattr(torch, dtype)))
-        results["matrix_tflops_before"] = rates[-1]
+        rate_before = results["matrix_tflops_before"] = matrix_rate(getattr(torch, dtype))
 
     reference, flops, inputs = None, None, None
     for variant in filter(None, args.variants.split(",")):
@@ -179,8 +178,8 @@ def main() -> None:
             results["flops"] = flops
         row, out = call_row(unet, inputs, flops, started, reference, repeats, variant=variant,
                             options=VARIANTS[variant])
-        if rates:
-            row["share_of_matrix_rate"] = row["tflops"] / rates[0]
+        if rate_before:
+            row["share_of_matrix_rate"] = row["tflops"] / rate_before
         reference = out if reference is None else reference
         results.append("calls", row)
         if variant in args.feature_reuse.split(","):
@@ -191,7 +190,7 @@ def main() -> None:
         del unet
         if DEVICE.type == "cuda":
             torch.cuda.empty_cache()
-    if rates:
+    if rate_before:
         results["matrix_tflops_after"] = matrix_rate(getattr(torch, dtype))
 
 

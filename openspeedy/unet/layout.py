@@ -39,6 +39,8 @@ each temporal convolution's input, so the norm writes it channels-last, as the c
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D
@@ -100,10 +102,10 @@ class ChannelsLastInput(nn.Module):
         return self.module(x, *args, **kwargs)
 
 
-def _wrap_inputs(model: nn.Module, wraps) -> int:
+def _wrap_inputs(model: nn.Module, matches: Callable[[nn.Module], bool]) -> int:
     import torch._inductor.inductor_prims  # noqa: F401  registers the primitive
 
-    return replace_modules(model, wraps, ChannelsLastInput)
+    return replace_modules(model, matches, ChannelsLastInput)
 
 
 def channels_last_joins(model: nn.Module) -> int:
