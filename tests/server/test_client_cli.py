@@ -118,7 +118,9 @@ def test_priority_is_honoured_when_streaming(triton, tmp_path):
                 pass
         finished[name] = time.time()
 
-    busy = threading.Thread(target=stream, args=("busy", hold), kwargs=dict(num_frames=16, height=128, width=128,
+    # The most frames and steps the tiny server takes: this request must not end before the urgent client,
+    # whose start can take tens of seconds on a loaded 2-core machine, has queued (it is cancelled then).
+    busy = threading.Thread(target=stream, args=("busy", hold), kwargs=dict(num_frames=32, height=128, width=128,
                                                                              num_inference_steps=100))
     busy.start()
     try:
@@ -130,7 +132,11 @@ def test_priority_is_honoured_when_streaming(triton, tmp_path):
         wait_until(lambda: pending(triton) == 1, 60, "the default-priority request to queue")
         video = tmp_path / "v.mp4"
         urgent = Generate(triton.grpc_url, video, *QUICK, "--priority", "1")
-        wait_until(lambda: pending(triton) == 2, 60, "the urgent request to queue")
+        try:
+            wait_until(lambda: pending(triton) == 2, 60, "the urgent request to queue")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; {in_flight(triton)} at work, {pending(triton)} queued; the command "
+                                 f"wrote: {urgent.stderr[-2000:]!r}") from None
     finally:
         hold.set()
     assert urgent.wait(timeout=120) == 0, urgent.stderr
