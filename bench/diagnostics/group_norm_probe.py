@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import DEVICE, Results, synchronize
-from openspeedy.unet.layout import channels_last_strides
+from openspeedy.unet.layout import channels_last_temporal_convs, temporal_convs_as_2d, to_channels_last
 
 SETTINGS = {"default": {}, "prefer_nd_tiling": {"triton.prefer_nd_tiling": True},
             "coordinate_descent": {"coordinate_descent_tuning": True}}
@@ -33,24 +32,22 @@ FRAMES = 16
 
 
 class TemporalConvInput(nn.Module):
-    """diffusers' TemporalConvLayer.conv1 (group norm, SiLU, a (3, 1, 1) convolution) with the
-    convolution as OpenSpeedy computes it: a (3, 1) 2D convolution over the channels-last view."""
+    """diffusers' TemporalConvLayer.conv1 (group norm, SiLU, a (3, 1, 1) convolution) after the `fast`
+    variant's layout changes: the convolution as a (3, 1) 2D one with channels-last weights, its input
+    required channels-last (openspeedy/unet/layout.py's own functions, as the UNet applies them)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = nn.GroupNorm(32, channels)
-        weight = torch.randn(channels, channels, 3, 1) * 0.02
-        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv1 = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(), conv)
+        temporal_convs_as_2d(self)
+        to_channels_last(self)
+        channels_last_temporal_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (batch * frames, channels, height, width) -> (batch, channels, frames, height, width), as diffusers does
         video = x[None].reshape((-1, FRAMES) + x.shape[1:]).permute(0, 2, 1, 3, 4)
-        y = F.silu(self.norm(video))
-        y = torch.ops.prims.inductor_force_stride_order(y, channels_last_strides(y.shape))
-        batch, channels, frames, height, width = y.shape
-        out = F.conv2d(y.reshape(batch, channels, frames, height * width), self.weight, self.bias, padding=(1, 0))
-        return out.reshape(batch, -1, frames, height, width)
+        return self.conv1(video)
 
 
 def kernel_times(fn, x: torch.Tensor, calls: int = 20) -> dict[str, float]:
@@ -65,8 +62,6 @@ def kernel_times(fn, x: torch.Tensor, calls: int = 20) -> dict[str, float]:
 
 
 def main() -> None:
-    import torch._inductor.inductor_prims  # noqa: F401  registers the layout primitive
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="one small level, float32: checks the script on a CPU")
