@@ -24,29 +24,14 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 from openspeedy.module_swap import replace_modules
+from openspeedy.unet import quack_support
 
 log = logging.getLogger(__name__)
-
-INSTALL = "pip install 'openspeedy[hopper]'"
 
 
 def kernel_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the fused kernel cannot run on ``device`` in ``dtype``, or None where it can."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return "it runs on CUDA GPUs only"
-    if torch.cuda.get_device_capability(device) < (9, 0):
-        return f"it needs compute capability 9.0 (Hopper) or newer, {torch.cuda.get_device_name(device)} has less"
-    if dtype not in (torch.float16, torch.bfloat16):
-        return f"it computes in float16 or bfloat16, the weights are {dtype}"
-    try:
-        import openspeedy.unet.geglu_kernel  # noqa: F401
-    except Exception as error:  # whatever stops the kernel, diffusers' GEGLU runs instead
-        # Seen: ImportError (not installed), RuntimeError (CUTLASS's DSL found no CUDA build the driver
-        # takes), OSError (a library it loads), TypeError (QuACK could not fingerprint the epilogue: it
-        # walks into any function whose file is not under a site-packages folder, so a DSL installed
-        # elsewhere fails here).
-        return f"QuACK is not usable here ({type(error).__name__}: {error}); {INSTALL}"
-    return None
+    return quack_support.kernel_unavailable(device, dtype, "openspeedy.unet.geglu_kernel")
 
 
 def pair_rows(tensor: torch.Tensor) -> torch.Tensor:
