@@ -26,7 +26,7 @@ def use_compile_cache(options: Mapping[str, str]) -> None:
     os.environ["QUACK_CACHE_AUTOTUNING"] = "1"  # QuACK keeps its tuning results only when asked
 
 
-def compiler(compile_mode: str, inductor_options: Mapping[str, bool | int]):
+def compiler(compile_mode: str, inductor_options: Mapping[str, object]):
     """torch.compile in ``compile_mode`` with static shapes (each configured shape compiles once, at
     warm-up, and CUDA graphs need them), Inductor's settings overridden by ``inductor_options``.
     torch.compile takes a mode or options, not both, so a mode joins the options as the settings it stands for."""

@@ -39,6 +39,7 @@ from openspeedy.unet.layout import (
     to_channels_last,
 )
 from openspeedy.unet.onnxruntime_runtime import OnnxRuntimeUNet
+from openspeedy.unet.residual_gemm import fused_residual_settings
 from openspeedy.unet.temporal_attention import use_temporal_attention_kernel
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -176,9 +177,9 @@ class UNet:
     Options (config parameters) choose the runtime techniques, each in its own module under
     openspeedy/unet/: fused QKV, temporal convolutions as 2D ones, the temporal attention kernel,
     torch.compile, whole-forward CUDA graphs, the CFG pair's shared layers once, the GEGLU inside its
-    matrix product (QuACK, Hopper and newer). With the inputs
-    DEEP_FEATURES / RETURN_DEEP_FEATURES it runs the shallow or the feature-keeping path of step-level
-    feature reuse instead."""
+    matrix product and the transformer blocks' residual additions inside theirs (QuACK, Hopper and
+    newer). With the inputs DEEP_FEATURES / RETURN_DEEP_FEATURES it runs the shallow or the
+    feature-keeping path of step-level feature reuse instead."""
 
     contract = contracts.UNET
     runtime = "torch"
@@ -205,6 +206,8 @@ class UNet:
                 raise ValueError("unet: channels_last_temporal_convs needs temporal_conv2d (the layout is that of "
                                  "the temporal convolutions as 2D ones)")
             channels_last_temporal_convs(self.model)
+        if flag(options, "fused_residuals") and not options.get("compile_mode"):
+            raise ValueError("unet: fused_residuals needs compile_mode (the fusion is a pass of the compiler)")
         if flag(options, "fp8"):
             if not fp8_supported(device):
                 raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
@@ -221,7 +224,10 @@ class UNet:
         paths = {"plain": plain, "full": self._full, "shallow": self._shallow}
         compile_mode = options.get("compile_mode", "")
         if compile_mode:
-            compile = compiler(compile_mode, parse_inductor_options(options.get("inductor_options", "")))
+            settings = parse_inductor_options(options.get("inductor_options", ""))
+            if flag(options, "fused_residuals"):  # the residual additions inside their matrix products
+                settings |= fused_residual_settings(device, dtype)
+            compile = compiler(compile_mode, settings)
             staged = ("full", "shallow", "plain") if self.shares_cfg_rows else ("full", "shallow")
             if not self.shares_cfg_rows:  # diffusers' forward, which the plain path calls
                 self.model = compile(self.model)

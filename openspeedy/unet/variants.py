@@ -15,7 +15,8 @@ _SHARED = _LAYOUT | {"temporal_attention_kernel": "true", "compile_mode": "defau
 _FUSED_GEGLU = _SHARED | {"fused_geglu": "true"}
 _WEIGHTS = _FUSED_GEGLU | {"channels_last": "true"}
 _JOINS = _WEIGHTS | {"channels_last_joins": "true"}
-_FAST = _JOINS | {"channels_last_temporal_convs": "true"}
+_TEMPORAL_CONVS = _JOINS | {"channels_last_temporal_convs": "true"}
+_FAST = _TEMPORAL_CONVS | {"fused_residuals": "true"}
 
 TORCH_VARIANTS: dict[str, dict[str, str]] = {
     "eager": {},
@@ -40,8 +41,10 @@ TORCH_VARIANTS: dict[str, dict[str, str]] = {
     # + the up blocks' joins of the path and its skip connections written channels-last
     # (openspeedy/unet/layout.py).
     "fast-nchw-temporal": _JOINS,
-    # + the temporal convolutions' inputs written channels-last (openspeedy/unet/layout.py): the fastest
-    # lossless runtime.
+    # + the temporal convolutions' inputs written channels-last (openspeedy/unet/layout.py).
+    "fast-unfused-residuals": _TEMPORAL_CONVS,
+    # + the transformer blocks' residual additions inside the matrix products before them
+    # (openspeedy/unet/residual_gemm.py, QuACK on Hopper and newer): the fastest lossless runtime.
     "fast": _FAST,
     # + Programmatic Dependent Launch of Inductor's Triton kernels (Hopper and newer): each may start
     # while the kernel before it drains, instead of after it ends. Measured slower on an H100 (112.6
