@@ -334,7 +334,10 @@ def test_channels_last_inputs_are_layout_requirements_in_the_compiled_graph(tiny
         graphs.append(gm)
         return gm.forward
 
-    monkeypatch.setattr(torch, "compile", lambda fn, **_kwargs: compile(fn, backend=recording))
+    # Static shapes as the component asks: left to torch, a function compiled at other sizes earlier in the
+    # process (the staged forward, by other tests) compiles for dynamic ones.
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compile(fn, backend=recording,
+                                                                        dynamic=kwargs.get("dynamic")))
     layout = {"temporal_conv2d": "true", "channels_last": "true"}
     plain = load_component("unet", tiny_checkpoint, options=layout)
     required_layout = load_component("unet", tiny_checkpoint, options=layout | {
