@@ -1,6 +1,7 @@
 """The residual additions inside their matrix products (openspeedy/unet/residual_gemm.py). On a CPU the
-compiler pass runs with the op's PyTorch arithmetic: it must find the three additions of each
-transformer block and nothing else, and keep the prediction; the option is off there and says why. The
+compiler pass runs with the op's PyTorch arithmetic: it must find the additions of each transformer
+block (and of the image-latent encoder) and nothing else, keep the prediction, and keep the on-disk
+caches serving; the option is off there and says why. The
 tests marked gpu run QuACK's kernel against float32 arithmetic at the UNet's shapes, inside
 torch.compile and a CUDA graph, and in a half-precision UNet."""
 
