@@ -6,6 +6,11 @@ request to the model fails with "Stub process ... is not healthy" while /v2/heal
 control, with a config that differs from the loaded one (Triton skips a load of unchanged files and
 updates an unchanged config in place, keeping the dead stub). Triton has no option for this, so
 OpenSpeedy's launcher watches the stubs itself.
+
+Nor does Triton remove a dead stub's shared-memory region (/dev/shm/triton_python_backend_shm_region_*,
+named on the stub's command line): the file outlived the server, and a pod's /dev/shm is memory that
+outlives its containers' restarts. The watchdog removes the name once the stub is dead; tritonserver's own mapping
+of it stays valid and the memory is freed when the server exits.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+
+SHARED_MEMORY = Path("/dev/shm")  # where POSIX shm_open names live on Linux
+REGION_PREFIX = "triton_python_backend_shm_region_"
 
 # Flags the watchdog needs: reloads go through the repository API, which only explicit control allows.
 EXPLICIT_MODEL_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
@@ -33,15 +41,17 @@ def stub_processes(server_pid: int, repository: Path) -> dict[str, list[psutil.P
     return stubs
 
 
-def _stub_model(process: psutil.Process, repository: Path) -> str | None:
-    """The model of a live stub process: its command line names ``<repository>/<model>/<version>/model.py``."""
+def _stub_command(process: psutil.Process) -> list[str]:
+    """A live process's command line; empty for a zombie (its command line is) or a process gone."""
     try:
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None  # a zombie's command line is empty
-        command = process.cmdline()
+        return [] if process.status() == psutil.STATUS_ZOMBIE else process.cmdline()
     except psutil.Error:
-        return None
-    for argument in command:
+        return []
+
+
+def _stub_model(process: psutil.Process, repository: Path, command: list[str] | None = None) -> str | None:
+    """The model of a live stub process: its command line names ``<repository>/<model>/<version>/model.py``."""
+    for argument in _stub_command(process) if command is None else command:
         if argument.startswith(f"{repository}/") and argument.endswith("/model.py"):
             return Path(argument).relative_to(repository).parts[0]
     return None
@@ -69,6 +79,7 @@ class StubWatchdog:
         self.failed_reloads: dict[str, int] = {}
         self.gave_up: str = ""
         self._models: dict[int, str] = {}  # stub pid -> model, learnt while the stub was alive
+        self._regions: dict[int, str] = {}  # stub pid -> its shared-memory region's name, likewise
         self._zombies: set[int] = set()  # zombie stubs seen in the last round
         self._handled: set[int] = set()  # dead stubs whose model was reloaded
         self._stop = threading.Event()
@@ -90,11 +101,16 @@ class StubWatchdog:
         # Forget processes that are gone (their pids may be reused), then learn the new stubs.
         alive = {child.pid for child in children}
         self._models = {pid: model for pid, model in self._models.items() if pid in alive}
+        self._regions = {pid: region for pid, region in self._regions.items() if pid in alive}
         self._handled &= alive
         for child in children:
-            model = _stub_model(child, self.repository)
+            command = _stub_command(child)
+            model = _stub_model(child, self.repository, command)
             if model is not None:
                 self._models[child.pid] = model
+                region = next((arg for arg in command if arg.startswith(REGION_PREFIX)), None)
+                if region is not None:
+                    self._regions[child.pid] = region
         return {child.pid for child in children if child.pid in self._models and _is_zombie(child)}
 
     def _run(self) -> None:
@@ -106,6 +122,8 @@ class StubWatchdog:
             # A zombie in two rounds in a row: not a stub that Triton is about to reap.
             dead = (zombies & self._zombies) - self._handled
             self._zombies = zombies
+            for pid in dead:
+                self._remove_region(pid)
             for model in sorted({self._models[pid] for pid in dead}):
                 if self._reload(model):
                     self._handled |= {pid for pid in dead if self._models[pid] == model}
@@ -116,6 +134,14 @@ class StubWatchdog:
                     self.gave_up = (f"model '{model}' lost a python backend stub and {self.failed_reloads[model]} "
                                     "reloads in a row failed")
                     return
+
+    def _remove_region(self, pid: int) -> None:
+        region = self._regions.pop(pid, "")
+        if region and Path(region).name == region:  # a name in /dev/shm, nothing else
+            try:
+                (SHARED_MEMORY / region).unlink(missing_ok=True)
+            except OSError as error:  # not ours to remove: the reload matters more
+                print(f"openspeedy watchdog: could not remove {region}: {error}", flush=True)
 
     def _reload(self, model: str) -> bool:
         print(f"openspeedy watchdog: a stub of model '{model}' died; reloading the model", flush=True)

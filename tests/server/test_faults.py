@@ -17,7 +17,8 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
   (here ``reload_nonce``) reloads it. The dead instance is never unloaded, though: a graceful stop
   afterwards waits the whole --exit-timeout-secs for it ("Found 1 live models") and tritonserver exits
   with 1 ("Exit timeout expired"), and so does a stop without the reload. Without explicit model control
-  only a server restart recovers. The killed stub's /dev/shm region is never removed (the test does it).
+  only a server restart recovers. The killed stub's /dev/shm region is never removed (the watchdog does
+  it; without it, the test).
 
 OpenSpeedy's launcher (`openspeedy serve`, openspeedy.server.TritonServer) therefore watches the stubs
 itself and does that reload (openspeedy/watchdog.py; asserted below for the unet and for the entry model):
@@ -255,6 +256,8 @@ def test_watchdog_reloads_a_model_whose_stub_died(tiny_repository, model):
         _wait_until(lambda: [m for m, _ in server.watchdog.reloads] == [model], 60, f"the watchdog to reload {model}")
         (new_stub,) = _stubs(server, model, tiny_repository)
         assert new_stub.pid != victim.pid
+        region = stubs[victim.pid][1]
+        assert region and not (Path("/dev/shm") / region).exists(), "the dead stub's shared memory was left"
         stubs.update(_stub_processes(server))
         assert _status(f"http://{server.http_url}/v2/health/ready") == 200
         for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):

@@ -164,8 +164,10 @@ def test_launcher_exits_when_a_model_cannot_come_back(launched):
     worker = threading.Thread(target=long_request, args=(process,), daemon=True)
     worker.start()
     wait_for(lambda: unet_executions(url) >= 2, 120, "the unet to start working")
+    (region,) = [arg for arg in stub.cmdline() if arg.startswith("triton_python_backend_shm_region_")]
     stub.kill()
     assert process.wait(180) == 1, Path(log).read_text()[-3000:]
+    assert not (Path("/dev/shm") / region).exists(), "the dead stub's shared memory outlived the server"
     text = Path(log).read_text()
     assert "giving up: model 'unet' lost a python backend stub and 3 reloads in a row failed" in text, text[-3000:]
     assert not server.is_running()
