@@ -9,8 +9,8 @@ OpenSpeedy's launcher watches the stubs itself.
 
 Nor does Triton remove a dead stub's shared-memory region (/dev/shm/triton_python_backend_shm_region_*,
 named on the stub's command line): the file outlived the server, and a pod's /dev/shm is memory that
-outlives its containers' restarts. The watchdog removes the name once the stub is dead; tritonserver's own mapping
-of it stays valid and the memory is freed when the server exits.
+outlives its containers' restarts. The watchdog removes the name once the stub is dead; tritonserver's
+own mapping of it stays valid and the memory is freed when the server exits.
 """
 
 from __future__ import annotations
