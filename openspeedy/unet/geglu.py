@@ -49,9 +49,7 @@ def paired_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
         return paired_reference(x, weight, bias)
     from openspeedy.unet.geglu_kernel import geglu_rows
 
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.stride(-1) != 1 or rows.stride(0) != rows.shape[-1]:  # its loads need dense rows
-        rows = rows.contiguous()
+    rows = quack_support.dense_rows(x.reshape(-1, x.shape[-1]))
     with torch.cuda.device(x.device):
         out = geglu_rows(rows, weight, bias)
     return out.reshape(*x.shape[:-1], weight.shape[0] // 2)

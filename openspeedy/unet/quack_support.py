@@ -26,3 +26,11 @@ def kernel_unavailable(device: torch.device, dtype: torch.dtype, kernel_module: 
         # elsewhere fails here).
         return f"QuACK is not usable here ({type(error).__name__}: {error}); {INSTALL}"
     return None
+
+
+def dense_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (2D) as QuACK's tensor-memory loads need it, each row's elements adjacent and the rows
+    back to back: itself where it is already, a contiguous copy otherwise."""
+    if matrix.stride(-1) == 1 and matrix.stride(0) == matrix.shape[-1]:
+        return matrix
+    return matrix.contiguous()

@@ -49,11 +49,10 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         return F.linear(rows, weight, bias).reshape(residual.shape) + residual
     from quack.gemm_interface import gemm_add
 
-    # Its loads need dense rows; a reshape of the layouts met here is a view, not a copy.
-    added = residual.reshape(rows.shape[0], weight.shape[0])
-    rows, added = (t if t.stride(-1) == 1 and t.stride(0) == t.shape[-1] else t.contiguous() for t in (rows, added))
+    # A reshape of the layouts met here is a view, not a copy.
+    added = quack_support.dense_rows(residual.reshape(rows.shape[0], weight.shape[0]))
     with torch.cuda.device(x.device):
-        return gemm_add(rows, weight.T, added, bias=bias).reshape(residual.shape)
+        return gemm_add(quack_support.dense_rows(rows), weight.T, added, bias=bias).reshape(residual.shape)
 
 
 @linear_residual.register_fake

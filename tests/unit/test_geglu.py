@@ -44,6 +44,16 @@ def test_kernel_unavailable_names_the_reason():
     assert kernel_unavailable(torch.device("cpu"), torch.float16) == "it runs on CUDA GPUs only"
 
 
+def test_dense_rows_copies_only_rows_the_kernels_cannot_load():
+    from openspeedy.unet.quack_support import dense_rows
+
+    matrix = torch.randn(6, 8)
+    assert dense_rows(matrix) is matrix
+    for strided in (matrix[:, :4], matrix.T):  # rows apart, elements apart
+        rows = dense_rows(strided)
+        assert rows.is_contiguous() and torch.equal(rows, strided)
+
+
 def test_a_kernel_that_fails_to_build_turns_the_option_off(monkeypatch):
     """Any error while QuACK builds the epilogue at import (a TypeError was seen) is a reason, not a crash."""
     import builtins
