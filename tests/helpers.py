@@ -1,5 +1,5 @@
 """Helpers the tests import: images to send, free ports, a port forwarder, config.pbtxt parsing against a
-contract."""
+contract, the skip mark of tests that need a QuACK kernel."""
 
 from __future__ import annotations
 
@@ -115,3 +115,17 @@ def assert_agrees(config, contract: contracts.ModelContract) -> None:
     assert tensors(config.input, True) == declared(contract.inputs)
     assert tensors(config.output, False) == declared(contract.outputs, is_input=False)
     assert config.model_transaction_policy.decoupled == contract.decoupled
+
+
+def needs_quack_kernel(kernel_unavailable, kernel: str):
+    """Skips a test where ``kernel`` (a QuACK kernel, with its module's ``kernel_unavailable``) cannot run
+    on this machine's GPU in float16, saying why."""
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        reason = "needs a CUDA GPU"
+    else:
+        why = kernel_unavailable(torch.device("cuda"), torch.float16)
+        reason = None if why is None else f"{kernel} cannot run: {why}"
+    return pytest.mark.skipif(reason is not None, reason=reason or "")

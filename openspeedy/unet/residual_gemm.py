@@ -130,10 +130,15 @@ class LinearResidualPass(CustomGraphPass):
         return get_hash_for_files((__file__,))
 
 
+def kernel_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why QuACK's GEMM with the addition cannot run on ``device`` in ``dtype``, or None where it can."""
+    return quack_support.kernel_unavailable(device, dtype, "quack.gemm_interface")
+
+
 def fused_residual_settings(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
     """The Inductor settings that install the pass where the kernel can run; none (and the reason
     logged) elsewhere."""
-    reason = quack_support.kernel_unavailable(device, dtype, "quack.gemm_interface")
+    reason = kernel_unavailable(device, dtype)
     if reason is not None:
         log.warning("unet: fused_residuals is off, the additions stay Inductor's: %s", reason)
         return {}

@@ -22,6 +22,7 @@ from openspeedy.unet.geglu import (
     reference_geglu,
     use_fused_geglu,
 )
+from tests.helpers import needs_quack_kernel
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +117,7 @@ def test_flop_counter_counts_the_op_as_the_linear_it_replaces():
     assert counts == [2 * 15 * 16 * 64] * 2
 
 
-def _kernel_missing() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU"
-    reason = kernel_unavailable(torch.device("cuda"), torch.float16)
-    return None if reason is None else f"the fused GEGLU kernel cannot run: {reason}"
-
-
-needs_kernel = pytest.mark.skipif(_kernel_missing() is not None, reason=_kernel_missing() or "")
+needs_kernel = needs_quack_kernel(kernel_unavailable, "the fused GEGLU kernel")
 
 
 @pytest.mark.gpu

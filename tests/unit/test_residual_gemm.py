@@ -18,12 +18,13 @@ from bench.common import relative_l2
 from openspeedy import contracts
 from openspeedy.components import load_component
 from openspeedy.example_inputs import example_inputs
-from openspeedy.unet import residual_gemm
 from openspeedy.unet.residual_gemm import (
     LinearResidualPass,
     fused_residual_settings,
+    kernel_unavailable,
     linear_residual,
 )
+from tests.helpers import needs_quack_kernel
 
 OP_CALL = "torch.ops.openspeedy.linear_residual.default("
 
@@ -154,15 +155,7 @@ def test_compiled_tiny_unet_fuses_every_block_and_keeps_its_prediction(tiny_chec
     assert fusion.fused == sum(2 + (block.attn2 is not None) for block in blocks) + 2
 
 
-def _kernel_missing() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU"
-    reason = residual_gemm.quack_support.kernel_unavailable(torch.device("cuda"), torch.float16,
-                                                            "quack.gemm_interface")
-    return None if reason is None else f"QuACK's GEMM cannot run: {reason}"
-
-
-needs_kernel = pytest.mark.skipif(_kernel_missing() is not None, reason=_kernel_missing() or "")
+needs_kernel = needs_quack_kernel(kernel_unavailable, "QuACK's GEMM")
 
 
 @pytest.mark.gpu
