@@ -1,0 +1,157 @@
+"""The GPU stack in one place: requirements/gpu-lock.txt against docker/Dockerfile, pyproject.toml's
+hopper and server extras and bench/gpu_serving.sh, and requirements/locks.py, which the image build and
+the GPU benchmark script run to hold themselves to the lock.
+
+Text comparisons only: CUDA torch cannot be installed on the machines that run these tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_LOCK = ROOT / "requirements" / "gpu-lock.txt"
+CPU_LOCK = ROOT / "requirements" / "lock.txt"
+LOCKS_SCRIPT = ROOT / "requirements" / "locks.py"
+GPU_SERVING = ROOT / "bench" / "gpu_serving.sh"
+
+
+def load_locks():
+    spec = importlib.util.spec_from_file_location("locks", LOCKS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+locks = load_locks()
+
+
+def extras() -> dict[str, list[Requirement]]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {name: [Requirement(r) for r in requirements]
+            for name, requirements in pyproject["project"]["optional-dependencies"].items()}
+
+
+def run_locks(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(LOCKS_SCRIPT), *arguments], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+# --- the lock ---------------------------------------------------------------------------------------------
+
+
+def test_gpu_lock_pins_the_benchmarked_stack():
+    pins = locks.read_lock(GPU_LOCK)
+    # What every GPU result file and docs/speed.md's QuACK runs name.
+    assert pins["torch"] == "2.11.0+cu130"
+    assert pins["quack-kernels"] == "0.6.5"
+    assert pins["nvidia-cutlass-dsl"] == pins["nvidia-cutlass-dsl-libs-cu13"] == "4.8.1"
+    assert pins["diffusers"] == "0.42.1"
+    assert pins["transformers"].startswith("5.17.")
+    # pyproject.toml's core dependency (numpy<2) must admit the lock's NumPy.
+    core = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    numpy = next(r for r in core if r.name == "numpy")
+    assert numpy.specifier.contains(pins["numpy"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("torch>=2.11\n", "is not an exact pin"),
+    ("torch==2.11.0\nTorch==2.11.0\n", "pinned twice"),
+])
+def test_a_lock_holds_exact_pins_only(tmp_path, text, message):
+    lock = tmp_path / "lock.txt"
+    lock.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        locks.read_lock(lock)
+
+
+def test_hopper_extra_pins_equal_the_gpu_lock():
+    pins = locks.read_lock(GPU_LOCK)
+    hopper = extras()["hopper"]
+    assert hopper, "the hopper extra is empty"
+    for requirement in hopper:
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1 and specifiers[0].operator == "==", f"{requirement} is not an exact pin"
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} (hopper extra) is not in {GPU_LOCK.name}"
+        assert specifiers[0].version == pins[name], \
+            f"{requirement.name}: hopper extra {specifiers[0].version}, {GPU_LOCK.name} {pins[name]}"
+
+
+# --- bench/gpu_serving.sh ---------------------------------------------------------------------------------
+
+
+def test_gpu_serving_checks_what_it_installs_against_the_gpu_lock():
+    script = GPU_SERVING.read_text()
+    check = script.index('locks.py wheels requirements/gpu-lock.txt "${WHEELS[@]}"')
+    assert check < script.index('pip install -q --no-index --no-deps --no-compile "${WHEELS[@]}"')
+    assert "locks.py installed requirements/gpu-lock.txt torch" in script
+    # The carried wheels' versions come from the lock, not from the script.
+    assert not re.findall(r"\.whl/[A-Za-z_]+-\d", script)
+
+
+# --- requirements/locks.py ----------------------------------------------------------------------------------
+
+
+def test_constraints_put_the_gpu_lock_over_the_cpu_lock(tmp_path):
+    gpu, cpu = tmp_path / "gpu.txt", tmp_path / "cpu.txt"
+    gpu.write_text("# a comment\ntorch==2.11.0+cu130\nHuggingface_Hub==1.33.0  # below 2 for transformers\n")
+    cpu.write_text("torch==2.13.0\nhuggingface-hub==2.4.0\nsix==1.17.0\n")
+    result = run_locks("constraints", str(gpu), str(cpu))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["torch==2.11.0+cu130", "huggingface-hub==1.33.0", "six==1.17.0"]
+
+
+def test_the_real_locks_merge():
+    result = run_locks("constraints", str(GPU_LOCK), str(CPU_LOCK))
+    assert result.returncode == 0, result.stderr
+    merged = result.stdout.split()
+    assert "torch==2.11.0+cu130" in merged and "torch==2.13.0" not in merged
+    assert len({line.split("==")[0] for line in merged}) == len(merged)
+
+
+def test_wheels_must_be_the_locks_versions(tmp_path):
+    lock = tmp_path / "lock.txt"
+    lock.write_text("diffusers==0.42.1\npython-rapidjson==1.25\n")
+    good = [tmp_path / "diffusers-0.42.1-py3-none-any.whl",
+            tmp_path / "python_rapidjson-1.25-cp312-cp312-manylinux_2_17_x86_64.whl"]
+    for wheel in good:
+        wheel.touch()
+    assert run_locks("wheels", str(lock), *map(str, good)).returncode == 0
+
+    old = tmp_path / "diffusers-0.41.0-py3-none-any.whl"
+    stranger = tmp_path / "tenacity-9.2.1-py3-none-any.whl"
+    old.touch()
+    stranger.touch()
+    result = run_locks("wheels", str(lock), str(old), str(stranger), str(tmp_path / "numpy-*.whl"))
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()
+    assert len(problems) == 3
+    assert "diffusers 0.41.0" in problems[0] and "pins 0.42.1" in problems[0]
+    assert "tenacity is not in" in problems[1]
+    assert "no such wheel" in problems[2]
+
+
+def test_installed_must_be_the_locks_versions(tmp_path):
+    from importlib.metadata import version
+
+    lock = tmp_path / "lock.txt"
+    lock.write_text(f"pytest=={version('pytest')}\nPyYAML==0.0.1\nnot-a-package-here==1.0\n")
+    assert run_locks("installed", str(lock), "pytest").returncode == 0
+
+    result = run_locks("installed", str(lock))
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()
+    assert len(problems) == 2
+    assert f"pyyaml {version('PyYAML')} is installed" in problems[0] and "pins 0.0.1" in problems[0]
+    assert "not-a-package-here is not installed" in problems[1]
+    assert "is not in" in run_locks("installed", str(lock), "six").stderr
