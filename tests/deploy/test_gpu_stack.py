@@ -87,6 +87,40 @@ def test_hopper_extra_pins_equal_the_gpu_lock():
             f"{requirement.name}: hopper extra {specifiers[0].version}, {GPU_LOCK.name} {pins[name]}"
 
 
+def environment(system: str, machine: str, python: str) -> dict[str, str]:
+    return {"platform_system": system, "platform_machine": machine, "python_version": python,
+            "sys_platform": system.lower(), "extra": ""}
+
+
+def hopper_applies(env: dict[str, str]) -> bool:
+    """Whether installing the server extra in ``env`` brings the hopper extra (QuACK and the DSL)."""
+    server = extras()["server"]
+    return any(r.name == "openspeedy" and "hopper" in r.extras and (r.marker is None or r.marker.evaluate(env))
+               for r in server)
+
+
+@pytest.mark.parametrize("env, expected", [
+    (environment("Linux", "x86_64", "3.12"), True),  # the NGC image and the GPU machines
+    (environment("Linux", "x86_64", "3.13"), True),
+    (environment("Linux", "x86_64", "3.11"), False),  # the CPU development and CI machines
+    (environment("Linux", "aarch64", "3.12"), False),
+    (environment("Darwin", "arm64", "3.12"), False),
+    (environment("Windows", "AMD64", "3.12"), False),
+])
+def test_server_extra_brings_quack_on_linux_x86_64_with_python_3_12(env, expected):
+    assert hopper_applies(env) is expected
+
+
+def test_cpu_install_never_resolves_the_extras():
+    """`make install` (CI) installs the CPU lock, then the package without its dependencies: the server
+    extra's QuACK and its 92 MB library wheels never come in there."""
+    install = re.search(r"^\$\(INSTALLED\):.*?(?=^\S)", (ROOT / "Makefile").read_text(), re.M | re.S).group(0)
+    assert "-r requirements/lock.txt" in install
+    assert re.search(r"pip install .*--no-deps -e \.$", install, re.M)
+    cpu = locks.read_lock(CPU_LOCK)
+    assert not [name for name in cpu if name.startswith(("quack", "nvidia-cutlass-dsl"))]
+
+
 # --- bench/gpu_serving.sh ---------------------------------------------------------------------------------
 
 
