@@ -19,6 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
 GPU_LOCK = ROOT / "requirements" / "gpu-lock.txt"
 CPU_LOCK = ROOT / "requirements" / "lock.txt"
 LOCKS_SCRIPT = ROOT / "requirements" / "locks.py"
@@ -33,6 +34,10 @@ def load_locks():
 
 
 locks = load_locks()
+
+
+def dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), re.M))
 
 
 def extras() -> dict[str, list[Requirement]]:
@@ -119,6 +124,46 @@ def test_cpu_install_never_resolves_the_extras():
     assert re.search(r"pip install .*--no-deps -e \.$", install, re.M)
     cpu = locks.read_lock(CPU_LOCK)
     assert not [name for name in cpu if name.startswith(("quack", "nvidia-cutlass-dsl"))]
+
+
+# --- the Dockerfile -----------------------------------------------------------------------------------------
+
+
+def test_dockerfile_takes_every_package_version_from_the_locks():
+    args = dockerfile_args()
+    assert (ROOT / args["GPU_LOCK_FILE"]).resolve() == GPU_LOCK
+    assert (ROOT / args["LOCK_FILE"]).resolve() == CPU_LOCK
+    text = DOCKERFILE.read_text()
+    assert re.search(r'pip install --index-url "\$\{TORCH_INDEX_URL\}" -c "\$\{GPU_LOCK_FILE\}" torch$', text, re.M)
+    assert 'locks.py constraints "${GPU_LOCK_FILE}" "${LOCK_FILE}"' in text
+    assert 'locks.py installed "${GPU_LOCK_FILE}"' in text
+    # No version of a package of its own: a pin here could disagree with the lock.
+    assert not re.findall(r"[A-Za-z0-9_.-]+==\d", text)
+    assert not [name for name in args if name.endswith("_VERSION") and name not in ("TRITON_VERSION",
+                                                                                      "PYTHON_VERSION")]
+
+
+def test_dockerfile_torch_index_and_python_are_the_locks():
+    args = dockerfile_args()
+    torch = locks.read_lock(GPU_LOCK)["torch"]
+    assert args["TORCH_INDEX_URL"].rstrip("/").rsplit("/", 1)[1] == torch.split("+", 1)[1]  # cu130
+    lock_python = re.search(r"for CPython (\d+\.\d+)", GPU_LOCK.read_text()).group(1)
+    assert args["PYTHON_VERSION"] == lock_python
+    # The server extra's QuACK marker admits the image's Python.
+    assert hopper_applies(environment("Linux", "x86_64", args["PYTHON_VERSION"]))
+
+
+def test_base_image_is_a_cuda_13_triton_release_with_the_chunked_encoding_fix():
+    """From 25.08 on, nvcr.io tritonserver YY.MM is CUDA 13 and ships Triton 2.N with N = 12 * YY + MM - 248
+    (25.08 is 2.60; 25.07 was the patch release 2.59.1, the first with NVIDIA's fix for the chunked-encoding
+    crash of 2.51). The build checks the image's own TRITON_SERVER_VERSION against TRITON_VERSION."""
+    args = dockerfile_args()
+    base = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d\d)\.(\d\d)-py3", args["BASE_IMAGE"])
+    assert base, f"BASE_IMAGE {args['BASE_IMAGE']} is not an nvcr.io tritonserver -py3 image"
+    year, month = int(base.group(1)), int(base.group(2))
+    assert (year, month) >= (25, 8), "releases before 25.08 are CUDA 12 (and 2.51 crashes on chunked requests)"
+    assert args["TRITON_VERSION"] == f"2.{12 * year + month - 248}.0"
+    assert '"${TRITON_SERVER_VERSION:-unset}" != "${TRITON_VERSION}"' in DOCKERFILE.read_text()
 
 
 # --- bench/gpu_serving.sh ---------------------------------------------------------------------------------
