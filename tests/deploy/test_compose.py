@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,6 +74,15 @@ def test_services_and_their_wiring():
                 assert (COMPOSE.parent / source).exists(), f"{source} is missing"
     dashboard = services["grafana"]["volumes"][1].split(":")[0]
     assert (COMPOSE.parent / dashboard).resolve() == (ROOT / "bench" / "grafana" / "openspeedy-dashboard.json")
+
+
+
+def test_the_image_carries_what_the_ui_service_runs():
+    """The ui service runs `openspeedy ui` in the OpenSpeedy image: the image must install the ui extra."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    extras = re.search(r'pip install .*-e "/opt/openspeedy\[([a-z,]+)\]"', dockerfile).group(1).split(",")
+    assert compose()["services"]["ui"]["command"][:2] == ["openspeedy", "ui"]
+    assert "ui" in extras and "server" in extras
 
 
 def test_prometheus_config_and_rules_pass_promtool(tmp_path):
