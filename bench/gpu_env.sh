@@ -13,7 +13,7 @@
 #   unzip -q nvidia_cutlass_dsl_libs_cu13-*.whl -d x && tar cf - -C x . | xz -9 > .whl/cutlass_cu13.tar.xz
 # The other wheels (--no-deps, cp312 manylinux): diffusers, importlib_metadata, zipp, quack-kernels,
 # nvidia-cutlass-dsl, nvidia-cutlass-dsl-libs-core, nvidia-cutlass-dsl-libs-base, apache-tvm-ffi,
-# torch-c-dlpack-ext, at the versions of pyproject.toml's hopper extra.
+# torch-c-dlpack-ext, at the versions of requirements/gpu-lock.txt.
 set -euo pipefail
 VENV=/tmp/venv
 
@@ -38,6 +38,10 @@ case "${1:?usage: gpu_env.sh libs|install}" in
     install)
         make_venv
         test -d "$(site)/nvidia_cutlass_dsl" || { echo "run 'gpu_env.sh libs' in the call before" >&2; exit 1; }
+        # The stack measured is the stack shipped: each carried wheel, and the machine's torch, as the
+        # GPU lock pins them (docker/Dockerfile installs from the same lock).
+        python3 requirements/locks.py wheels requirements/gpu-lock.txt .whl/*.whl
+        python3 requirements/locks.py installed requirements/gpu-lock.txt torch
         # pip comes from the machine's environment, through the chained path; it installs here.
         "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
         # The package itself from the carried tree, importable as it is (no build step).
