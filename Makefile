@@ -116,7 +116,8 @@ test-deploy: $(INSTALLED) deploy-tools
 bench-cpu: $(INSTALLED)
 	$(PY) -m bench.cache_bench
 
-# bench/results/README.md from the result JSON and bench/results_template.md (a unit test checks they match).
+# bench/results/README.md, docs/speed.md and README.md's speed sentence from bench/results/<card>/ (a unit test
+# checks they match).
 results: $(INSTALLED)
 	$(PY) -m bench.results_table
 

@@ -1,9 +1,13 @@
-"""bench/results/README.md, regenerated from the result files beside it: per JSON file a table naming the
-device, driver, torch version, date and note, then its key numbers. The prose that explains the results
-is bench/results_template.md; ``{{ NAME.json }}`` there stands for that file's tables. A JSON file the
-template does not name is appended at the end, so a new result always shows up.
+"""bench/results/README.md and docs/speed.md, rendered from the result files (so neither can go stale).
 
-Usage: python -m bench.results_table [--check]   (make results). --check: exit 1 where README.md is stale.
+Results live one folder per card, the newest file per benchmark: ``bench/results/<card>/<benchmark>.json``
+(``h100/end_to_end.json``, ``cpu/cache.json``); a new run replaces the file, and git keeps the old ones.
+bench/results/README.md is bench/results_template.md with ``{{ CARD/NAME.json }}`` replaced by that file's
+tables (device, driver, torch, date and note first, then its numbers); a file the template does not name
+is appended at the end, so a new result always shows up. docs/speed.md is docs/speed_template.md with its
+sections filled in by bench.speed_page.
+
+Usage: python -m bench.results_table [--check]   (make results). --check: exit 1 where a page is stale.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-RESULTS = Path(__file__).resolve().parent / "results"
-TEMPLATE = Path(__file__).resolve().with_name("results_template.md")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TEMPLATE = ROOT / "bench" / "results_template.md"
 README = RESULTS / "README.md"
-PLACEHOLDER = re.compile(r"\{\{\s*([\w.+-]+\.json)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([\w.+-]+/[\w.+-]+\.json)\s*\}\}")
 MISSING = "-"
 
 
@@ -146,38 +151,6 @@ def unet_calls(data: dict) -> list[str]:
                              [[f"{row['sequences']} x {row['tokens']} x {row['heads']}", row["kernel_ms"],
                                row["kernel_relative_l2"], row["sdpa_cudnn_ms"], row["sdpa_flash_ms"],
                                row["sdpa_efficient_ms"]] for row in data["temporal_attention"]]))
-    return parts
-
-
-def unet_speed(data: dict) -> list[str]:
-    """The retired per-variant script's files (history; bench/unet_calls.py measures this now)."""
-    parts = [table(("variant", "ms / call", "TFLOP/s", "error vs eager", "load + first call s"),
-                   [[row["variant"], row.get("ms"), row.get("tflops"), row.get("relative_error_vs_eager"),
-                     row.get("load_and_first_call_s")] for row in data["variants"]])]
-    if data.get("end_to_end"):
-        reference = data.get("reference", {})
-        parts.append(f"Whole videos, {reference.get('steps', '?')} steps; diffusers eager "
-                     f"{number(reference.get('seconds'))} s:\n\n" + table(
-                         ("OpenSpeedy variant", "seconds", "speed-up", "video rel. L2", "latents rel. L2", "peak GB"),
-                         [[row["variant"], row["seconds"], row["speedup"], row["relative_l2"],
-                           row["latents_relative_l2"], gigabytes(row["peak_bytes"])] for row in data["end_to_end"]]))
-    return parts
-
-
-def gpu_bench(data: dict) -> list[str]:
-    """The former gpu_bench.py's file (bench/decode_and_encode.py writes its first two parts now)."""
-    parts = decode_and_encode(data)
-    if "unet" in data:
-        unet = data["unet"]
-        parts.append(table(("UNet call", "flops (TFLOP)", "eager ms", "eager TFLOP/s"),
-                           [[f"{unet['frames']} x {unet['height']}x{unet['width']}, batch {unet['batch']}",
-                             unet["flops"] / 1e12, unet["eager_ms"], unet["eager_tflops"]]]))
-    if "end_to_end" in data:
-        video = data["end_to_end"]
-        parts.append(table(("whole video", "OpenSpeedy s", "diffusers s", "video rel. L2", "latents rel. L2"),
-                           [[f"{video['frames']} x {video['height']}x{video['width']}, {video['steps']} steps",
-                             video["openspeedy_s"], video["reference_s"], video["relative_l2"],
-                             video["latents_relative_l2"]]]))
     return parts
 
 
@@ -327,22 +300,8 @@ def perf_analyzer(data: dict) -> list[str]:
     rows = [[run["protocol"], run["concurrency"], run["csv"]["Inferences/Second"],
              *(run["csv"][f"{which} latency"] / 1e3 for which in ("Avg", "p50", "p99"))]
             for run in data["runs"] if "csv" in run]
-    return [f"perf_analyzer sweep, report: [{data['name']}.md]({data['name']}.md)\n\n"
+    return ["perf_analyzer sweep:\n\n"
             + table(("protocol", "concurrency", "infer/s", "avg ms", "p50 ms", "p99 ms"), rows)]
-
-
-def cudnn_probe(data: dict) -> list[str]:
-    """The retired cuDNN attention probe's file: per process kind, cuDNN's version or why it failed."""
-    rows = []
-    for variant, result in data.items():
-        if "error" in result:
-            last = [line for line in result["error"].splitlines() if line.strip()][-1]
-            rows.append([variant, "failed", last[:160].replace("|", "/")])
-        else:
-            timings = [f"{key}: {sum(kernels.values()):.0f} µs" for key, kernels in result.items()
-                       if "/" in key and isinstance(kernels, dict)]
-            rows.append([variant, str(result.get("cudnn_version", MISSING)), "; ".join(timings)])
-    return [table(("process", "cuDNN", "SDPA per call, or the error"), rows)]
 
 
 def group_norm_probe(data: dict) -> list[str]:
@@ -356,26 +315,17 @@ def group_norm_probe(data: dict) -> list[str]:
                    "each Inductor kernel, us"), rows)]
 
 
-def in_process_synchronized(data: dict) -> list[str]:
-    return [table(("in process s", "synchronized per UNet call s"),
-                  [[data["in_process_s"], data["in_process_synchronized_per_step_s"]]])]
-
-
 # First matching pattern wins.
 RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("end_to_end*.json", end_to_end),
     ("unet_calls*.json", unet_calls),
     ("startup*.json", startup),
-    ("unet_speed*.json", unet_speed),
-    ("gpu_bench*.json", gpu_bench),
     ("decode_and_encode*.json", decode_and_encode),
     ("gpu_serving*.json", gpu_serving),
-    ("in_process_synchronized*.json", in_process_synchronized),
-    ("cache_*.json", cache),
+    ("cache*.json", cache),
     ("step_overhead*.json", step_overhead),
     ("multi_gpu_serving*.json", multi_gpu),
     ("perf_analyzer*.json", perf_analyzer),
-    ("cudnn_attention_probe*.json", cudnn_probe),
     ("lossless_probe*.json", lossless_probe),
     ("geglu_probe*.json", geglu_probe),
     ("vae_decode_probe*.json", vae_decode_probe),
@@ -384,41 +334,64 @@ RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
 ]
 
 
-def render_file(path: Path) -> str:
+def result_files(results: Path = RESULTS) -> list[str]:
+    """Every result file as ``card/name.json``. One outside a card folder is an error: a benchmark run with
+    its default output folder would otherwise leave a file that no page shows."""
+    stray = sorted(path.name for path in results.glob("*.json"))
+    if stray:
+        raise ValueError(f"{stray}: result files go in a folder per card, bench/results/<card>/<benchmark>.json")
+    return sorted(str(path.relative_to(results)) for path in results.glob("*/*.json"))
+
+
+def render_file(results: Path, name: str) -> str:
+    path = results / name
     data = json.loads(path.read_text())
     renderer = next((render for pattern, render in RENDERERS if fnmatch.fnmatch(path.name, pattern)), None)
     if renderer is None:
-        raise ValueError(f"{path.name}: no table for this result file; add a renderer to bench/results_table.py")
-    return "\n\n".join([f"`{path.name}`:", description(data), *renderer(data)])
+        raise ValueError(f"{name}: no table for this result file; add a renderer to bench/results_table.py")
+    parts = [f"`{name}`:", description(data), *renderer(data)]
+    if path.with_suffix(".md").exists():  # perf_analyzer's own report beside its JSON
+        report = str(Path(name).with_suffix(".md"))
+        parts.insert(2, f"Report: [{report}]({report})")
+    return "\n\n".join(parts)
 
 
 def render(results: Path = RESULTS, template: Path = TEMPLATE) -> str:
     text = template.read_text()
     named = set(PLACEHOLDER.findall(text))
-    present = {path.name for path in results.glob("*.json")}
+    present = set(result_files(results))
     if named - present:
         raise ValueError(f"the template names result files that are not there: {sorted(named - present)}")
-    text = PLACEHOLDER.sub(lambda match: render_file(results / match.group(1)), text)
+    text = PLACEHOLDER.sub(lambda match: render_file(results, match.group(1)), text)
     others = sorted(present - named)
     if others:
         text = text.rstrip("\n") + "\n\n## Other result files\n\n" + "\n\n".join(
-            render_file(results / name) for name in others) + "\n"
+            render_file(results, name) for name in others) + "\n"
     return text
+
+
+def pages() -> dict[Path, str]:
+    """Every rendered page and its text."""
+    from bench import speed_page
+
+    return {README: render(), speed_page.PAGE: speed_page.render(),
+            speed_page.README: speed_page.render_readme(speed_page.README.read_text())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--check", action="store_true", help="exit 1 where README.md differs from the JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 where a page differs from the results")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if README.read_text() != text:
-            print(f"{README} is stale: run python -m bench.results_table", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(text)
-    print(f"wrote {README}")
-    return 0
+    stale = 0
+    for path, text in pages().items():
+        if args.check:
+            if path.read_text() != text:
+                print(f"{path} is stale: run make results", file=sys.stderr)
+                stale = 1
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    return stale
 
 
 if __name__ == "__main__":
