@@ -23,7 +23,8 @@ import numpy as np
 from openspeedy.cache import CacheSettings, CountingMetrics, EncodingCaches
 from openspeedy.components import COMPONENT_CLASSES, load_component
 from openspeedy.export.random_checkpoint import build_tiny_checkpoint
-from openspeedy.pipeline import I2VGenXL, LocalModels
+from openspeedy.local_models import LocalModels
+from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
 
 

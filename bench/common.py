@@ -19,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from openspeedy.pipeline import I2VGenXL, LocalModels, posterior_seed
+from openspeedy.local_models import LocalModels
+from openspeedy.pipeline import I2VGenXL, posterior_seed
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 RANDOM_WEIGHTS_NOTE = (

@@ -2,7 +2,9 @@
 
 It reproduces diffusers' ``I2VGenXLPipeline`` step for step, but talks to the five components only
 through their contracts (``call_model(contract, inputs) -> outputs``). Inside Triton that call is a BLS
-sub-request; in process it is a direct call. Either way this module is the one place the loop lives.
+sub-request; in process it is a direct call (``openspeedy.local_models``). Either way this module is the
+one place the loop lives, and importing it loads no network: the Triton entry model that runs the loop
+holds none.
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 
 from openspeedy import contracts
 from openspeedy.cache import EncodingCaches, Entry
-from openspeedy.components import Component, check_tensors
 from openspeedy.contracts import ModelContract
 from openspeedy.imaging import center_crop_wide, to_uint8_batch
 from openspeedy.request import GenerationRequest
@@ -39,22 +39,14 @@ def _feature_rows(features: torch.Tensor, first: int, rows: int, frames: int) ->
     return features[first * frames:(first + rows) * frames]
 
 
-class LocalModels:
-    """Calls components in this process, holding both sides to the contracts like Triton does."""
-
-    def __init__(self, components: Mapping[str, Component]):
-        self.components = dict(components)
-        self.calls: dict[str, int] = {name: 0 for name in self.components}
-
-    def __call__(self, contract: ModelContract, inputs: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
-        check_tensors(contract, "inputs", inputs)
-        outputs = self.components[contract.name].infer(inputs)
-        check_tensors(contract, "outputs", outputs)
-        self.calls[contract.name] += 1
-        return outputs
-
-    def call_many(self, contract: ModelContract, inputs: list[Mapping[str, Any]]) -> list[Mapping[str, torch.Tensor]]:
-        return [self(contract, one) for one in inputs]  # one process, one device: nothing to overlap
+def sample_posterior(posterior: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A draw from the VAE's posterior [mean, log variance] on the channel axis: diffusers'
+    ``DiagonalGaussianDistribution(posterior).sample(generator)``, the same operations in the same order,
+    written here because importing that class loads all of ``diffusers.models`` into the entry model."""
+    mean, logvar = torch.chunk(posterior, 2, dim=1)
+    std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+    noise = randn_tensor(mean.shape, generator=generator, device=posterior.device, dtype=posterior.dtype)
+    return mean + std * noise
 
 
 def posterior_seed(seed: int) -> int:
@@ -128,7 +120,7 @@ class I2VGenXL:
     def image_latents(self, posterior: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
         """Samples the posterior with the request's seed and appends the reference's frame position mask."""
         generator = torch.Generator("cpu").manual_seed(posterior_seed(request.seed))
-        latents = DiagonalGaussianDistribution(posterior).sample(generator=generator) * self.vae_scaling_factor
+        latents = sample_posterior(posterior, generator) * self.vae_scaling_factor
         latents = latents.unsqueeze(2)  # [1, C, 1, h, w]: the first frame
         masks = [torch.ones_like(latents) * ((i + 1) / (request.num_frames - 1)) for i in range(request.num_frames - 1)]
         return torch.cat([latents, *masks], dim=2)

@@ -13,7 +13,8 @@ import pytest
 from openspeedy.components import COMPONENT_CLASSES, load_component
 from openspeedy.export.random_checkpoint import build_tiny_checkpoint
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
-from openspeedy.pipeline import I2VGenXL, LocalModels
+from openspeedy.local_models import LocalModels
+from openspeedy.pipeline import I2VGenXL
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -28,7 +28,7 @@ from bench.common import (
 )
 from openspeedy.components import COMPONENT_CLASSES, load_component, parse_shapes
 from openspeedy.decoding import ChunkedDecoder
-from openspeedy.pipeline import LocalModels
+from openspeedy.local_models import LocalModels
 from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
 
 
