@@ -21,7 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "openspeedy"
-DASHBOARD = ROOT / "bench" / "grafana" / "openspeedy-dashboard.json"
+DASHBOARD = CHART / "files" / "openspeedy-dashboard.json"  # the one copy: docker/compose.yaml mounts it too
 RULES = CHART / "files" / "prometheus-rules.yaml"
 EXPORT_SCRIPT = CHART / "files" / "export-repository.sh"
 CRD_MODELS = Path(os.environ.get("CRD_MODELS", ROOT / "build" / "tools" / "crd-models"))

