@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-cache-dir", default="",
                         help="keep torch.compile's caches (Inductor, Triton) here: a restart skips most compilation")
     parser.add_argument("--warmup-feature-reuse", action="store_true",
-                        help="warm-up also compiles the UNet paths of FEATURE_REUSE_INTERVAL (the opt-in fast mode)")
+                        help="warm-up also compiles the UNet paths of FEATURE_REUSE_INTERVAL (an opt-in approximation)")
     parser.add_argument("--unet-compile-mode", default="", choices=("", "default", "max-autotune", "reduce-overhead"),
                         help="torch.compile the PyTorch UNet (GPU); empty: eager")
     parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),

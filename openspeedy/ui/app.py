@@ -17,8 +17,8 @@ DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_s
              "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
 FRACTIONS = ("guidance_scale", "guidance_interval_start", "guidance_interval_end")
 SERVER_POLL_S = 2.0  # how often a page that has no server defaults yet asks for them
-FAST_MODES_NOTE = ("**Fast modes**: approximations, off at a reuse interval of 1 and guidance from 0 to 1 (then "
-                   "the video is the exact one). Their quality on trained weights has not been measured.")
+APPROXIMATIONS_NOTE = ("**Approximations**: off at a reuse interval of 1 and guidance from 0 to 1 (then "
+                       "the video is the exact one). Their quality on trained weights has not been measured.")
 
 CSS = """
 .field-error, .field-error * { color: #b91c1c !important; font-weight: 600; }
@@ -96,7 +96,7 @@ def build(generations: Generations):
                                                     precision=0, elem_id="seed")
                         error_slot("seed")
                     dice = gr.Button("Random seed", elem_id="random-seed", scale=1)
-                gr.Markdown(FAST_MODES_NOTE, elem_id="fast-modes")
+                gr.Markdown(APPROXIMATIONS_NOTE, elem_id="approximations")
                 with gr.Row():
                     with gr.Column(min_width=120):
                         numbers["feature_reuse_interval"] = gr.Number(

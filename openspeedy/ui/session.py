@@ -33,7 +33,7 @@ CONTROLS = {
     "TARGET_FPS": "target_fps",
     "SEED": "seed",
     "DECODE_CHUNK_SIZE": "decode_chunk_size",
-    # The opt-in fast modes. The interval's error goes beside its two fields (start, end).
+    # The opt-in approximations. The interval's error goes beside its two fields (start, end).
     "GUIDANCE_INTERVAL": "guidance_interval",
     "FEATURE_REUSE_INTERVAL": "feature_reuse_interval",
 }

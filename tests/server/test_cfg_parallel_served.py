@@ -2,7 +2,7 @@
 instances) sends each guided step's two halves as two concurrent BLS requests, and serves the batched
 server's video for the same seed. Not bit for bit: a batch-1 and a batch-2 CPU convolution may round
 differently (latents within 1e-5 relative, tests/unit/test_cfg_parallel.py), which can move a pixel by
-one uint8 step; the bound is the one serving already allows (tests/server/test_fast_modes_served.py)."""
+one uint8 step; the bound is the one serving already allows (tests/server/test_approximations_served.py)."""
 
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pytest
 
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
 from tests.helpers import free_port, parse
-from tests.server.test_fast_modes_served import MODES, served
+from tests.server.test_approximations_served import APPROXIMATIONS, served
 from tests.unit.test_reference_parity import make_request
 
 
@@ -60,17 +60,17 @@ def test_exported_unet_has_two_instances_and_the_entry_model_the_switch(cfg_para
     assert entry.parameters["cfg_parallel"].string_value == "true"
 
 
-@pytest.mark.parametrize("modes", [{}, MODES], ids=["plain", "feature-reuse-and-guidance-interval"])
-def test_halves_serve_the_batched_video(triton, cfg_parallel_triton, modes):
+@pytest.mark.parametrize("approximations", [{}, APPROXIMATIONS], ids=["plain", "feature-reuse-and-guidance-interval"])
+def test_halves_serve_the_batched_video(triton, cfg_parallel_triton, approximations):
     request = make_request()
     before = unet_requests(cfg_parallel_triton)
-    video = served(cfg_parallel_triton, request, **modes)
+    video = served(cfg_parallel_triton, request, **approximations)
     requests = unet_requests(cfg_parallel_triton) - before
-    batched = served(triton, request, **modes)
+    batched = served(triton, request, **approximations)
     assert close_videos(video, batched)
     steps = request.num_inference_steps
-    guided = sum(make_request(**modes).guided(step, steps) for step in range(steps))
+    guided = sum(make_request(**approximations).guided(step, steps) for step in range(steps))
     assert requests == 2 * guided + (steps - guided)  # two one-row requests per guided step, one otherwise
-    assert (guided < steps) == bool(modes)
-    if not modes:  # the bound tells videos apart: another seed is far outside it
+    assert (guided < steps) == bool(approximations)
+    if not approximations:  # the bound tells videos apart: another seed is far outside it
         assert not close_videos(video, served(triton, make_request(SEED=np.array([7], np.int64))))

@@ -155,10 +155,10 @@ def test_an_invalid_size_is_shown_beside_its_control(page):
     page.wait_for_function(DONE)
 
 
-def test_the_fast_modes_start_off_and_their_errors_are_shown_beside_them(page):
+def test_the_approximations_start_off_and_their_errors_are_shown_beside_them(page):
     for name, default in (("feature_reuse_interval", 1), ("guidance_interval_start", 0), ("guidance_interval_end", 1)):
         assert float(page.locator(f"#{name} input").input_value()) == default, name  # the server's: off
-    assert "not been measured" in page.inner_text("#fast-modes")
+    assert "not been measured" in page.inner_text("#approximations")
 
     fill(page, num_frames=2, height=64, width=64, num_inference_steps=2, guidance_interval_start=0.8,
          guidance_interval_end=0.2)
@@ -262,9 +262,9 @@ def test_the_generate_endpoint_returns_the_mp4(ui, triton):
     exact = decode_video(open(path, "rb").read())
     assert exact.shape == (5, 64, 64, 3)
 
-    # the fast modes reach the server: the video is the one the Python client gets with them
-    modes = dict(feature_reuse_interval=3, guidance_interval_start=0.0, guidance_interval_end=0.5)
-    path = client.predict(image=handle_file(str(example_image())), prompt="a lighthouse", **request, **modes,
+    # the approximations reach the server: the video is the one the Python client gets with them
+    approximations = dict(feature_reuse_interval=3, guidance_interval_start=0.0, guidance_interval_end=0.5)
+    path = client.predict(image=handle_file(str(example_image())), prompt="a lighthouse", **request, **approximations,
                           api_name="/generate")
     fast = decode_video(open(path, "rb").read())
     with OpenSpeedyClient(triton.grpc_url) as direct:

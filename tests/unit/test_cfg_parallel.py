@@ -1,7 +1,8 @@
 """CFG-parallel: the two guidance halves of each UNet call as two one-row calls, joined back in the batched
 order. The latents are the batched call's to float rounding: on CPU a batch-1 and a batch-2 convolution may
 sum in another order (measured on the tiny model: relative difference about 2e-6, largest 7e-6), so the
-bound is 1e-5 relative and 5e-5 absolute, far below what any mode or seed change moves (test_fast_modes)."""
+bound is 1e-5 relative and 5e-5 absolute, far below what any approximation or seed change moves
+(test_approximations)."""
 
 import json
 import logging
@@ -14,7 +15,7 @@ from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, model_con
 from openspeedy.model_config import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
 from tests.helpers import parse
-from tests.unit.test_fast_modes import STEPS, interval, request, reuse
+from tests.unit.test_approximations import STEPS, interval, request, reuse
 
 RELATIVE, ABSOLUTE = 1e-5, 5e-5
 

@@ -11,7 +11,7 @@ def test_empty_fields_are_left_to_the_server_and_numbers_are_typed():
     assert type(request_options(values)["num_frames"]) is int
 
 
-def test_the_fast_modes_fields_become_the_request_inputs():
+def test_the_approximations_fields_become_the_request_inputs():
     assert request_options(dict(feature_reuse_interval=3.0)) == {"feature_reuse_interval": 3}
     # the interval's two fields are one input; both empty leave it to the server
     assert request_options(dict(guidance_interval_start=None, guidance_interval_end="")) == {}

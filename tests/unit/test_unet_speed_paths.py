@@ -280,7 +280,7 @@ def test_rows_are_read_after_the_launch_on_cuda(tiny_checkpoint, inputs, cfg_inp
 
 
 def test_shared_cfg_rows_keep_the_video(tiny_checkpoint, local_pipeline):
-    from tests.unit.test_fast_modes import request
+    from tests.unit.test_approximations import request
 
     shared = load_component("unet", tiny_checkpoint, options={"share_cfg_rows": "true"})
     exact = local_pipeline.denoise(request())

@@ -1,6 +1,7 @@
 """The opt-in approximations of the request contract: feature reuse (FEATURE_REUSE_INTERVAL) and guidance on
 an interval of steps (GUIDANCE_INTERVAL). Off (their defaults, or given as the defaults) the video is the
-exact one, bit for bit; on, each step calls the UNet as the mode says, and the video moves by a bounded error."""
+exact one, bit for bit; on, each step calls the UNet as the approximation says, and the video moves by a
+bounded error."""
 
 import json
 
@@ -37,8 +38,8 @@ def recording(tiny_checkpoint, local_models):
     return models, I2VGenXL(models, scheduler, scaling)
 
 
-def request(**modes):
-    return make_request(NUM_INFERENCE_STEPS=np.array([STEPS], np.int32), **modes)
+def request(**approximations):
+    return make_request(NUM_INFERENCE_STEPS=np.array([STEPS], np.int32), **approximations)
 
 
 def reuse(n):
@@ -54,10 +55,10 @@ def exact(local_pipeline):
     return local_pipeline.denoise(request())
 
 
-@pytest.mark.parametrize("modes", [reuse(1), interval(0.0, 1.0), reuse(1) | interval(0.0, 1.0)])
-def test_modes_off_are_bit_identical(recording, exact, modes):
+@pytest.mark.parametrize("approximations", [reuse(1), interval(0.0, 1.0), reuse(1) | interval(0.0, 1.0)])
+def test_approximations_off_are_bit_identical(recording, exact, approximations):
     models, pipeline = recording
-    assert torch.equal(pipeline.denoise(request(**modes)), exact)
+    assert torch.equal(pipeline.denoise(request(**approximations)), exact)
     assert all(call == dict(batch=2, shallow=False, keeps=False) for call in models.unet_calls)
 
 
@@ -78,7 +79,7 @@ def test_guidance_interval_runs_the_conditional_half_outside_it(recording, exact
     assert not torch.equal(latents, exact)
 
 
-def test_both_modes_together(recording):
+def test_both_approximations_together(recording):
     models, pipeline = recording
     pipeline.denoise(request(**reuse(2), **interval(0.2, 0.7)))
     calls = models.unet_calls
@@ -90,7 +91,7 @@ def test_both_modes_together(recording):
             assert step % 2 == 1 and not (guided[step] and not guided[step - 1])
 
 
-def test_same_mode_same_video(local_pipeline):
+def test_same_approximation_same_video(local_pipeline):
     first = local_pipeline.denoise(request(**reuse(3), **interval(0.0, 0.6)))
     assert torch.equal(local_pipeline.denoise(request(**reuse(3), **interval(0.0, 0.6))), first)
 
@@ -110,12 +111,12 @@ def test_same_mode_same_video(local_pipeline):
         ({"FEATURE_REUSE_INTERVAL": np.array([2], np.int64)}, "FEATURE_REUSE_INTERVAL.*INT32"),
     ],
 )
-def test_bad_mode_inputs_are_named(inputs, match):
+def test_bad_approximation_inputs_are_named(inputs, match):
     with pytest.raises(InvalidInput, match=match):
         request(**inputs)
 
 
-def test_client_sends_the_modes_as_the_contract_declares_them():
+def test_client_sends_the_approximations_as_the_contract_declares_them():
     from openspeedy.client.api import request_arrays
 
     arrays = request_arrays(b"png", "x", guidance_interval=(0.0, 0.6), feature_reuse_interval=3)
