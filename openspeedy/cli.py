@@ -1,4 +1,4 @@
-"""The ``openspeedy`` command: ``serve``, ``demo``, ``probe``, ``generate``, ``ui`` and ``export``."""
+"""The ``openspeedy`` command: ``serve``, ``demo``, ``probe``, ``generate``, ``ui``, ``api`` and ``export``."""
 
 from __future__ import annotations
 
@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="the web UI (Gradio) on 127.0.0.1:7860, a client of a running server")
     ui_app.add_arguments(ui)
+    from openspeedy.api import command as api_command  # FastAPI itself is imported only by `openspeedy api`
+
+    api = commands.add_parser("api", help="the OpenAI-compatible video job API (/v1/videos) on 127.0.0.1:8080")
+    api_command.add_arguments(api)
     return parser
 
 
@@ -173,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return client_cli.run(args)
     if args.command == "ui":
         return ui_app.run(args)
+    if args.command == "api":
+        from openspeedy.api import command as api_command
+
+        return api_command.run(args)
     print(export_cli.run(args))
     return 0
 

@@ -15,7 +15,7 @@ def _commands() -> dict[str, str]:
 
 def test_help_lists_every_command():
     commands = _commands()
-    assert set(commands) == {"serve", "demo", "probe", "generate", "ui", "export"}
+    assert set(commands) == {"serve", "demo", "probe", "generate", "ui", "api", "export"}
     result = subprocess.run([sys.executable, "-m", "openspeedy.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for name, help_text in commands.items():
