@@ -59,7 +59,7 @@ def test_a_misspelt_compose_key_is_refused():
 
 def test_services_and_their_wiring():
     services = compose()["services"]
-    assert set(services) == {"triton", "redis", "prometheus", "grafana", "ui"}
+    assert set(services) == {"triton", "redis", "prometheus", "grafana", "ui", "api"}
     triton = services["triton"]
     (gpu,) = triton["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -78,12 +78,35 @@ def test_services_and_their_wiring():
 
 
 
-def test_the_image_carries_what_the_ui_service_runs():
-    """The ui service runs `openspeedy ui` in the OpenSpeedy image: the image must install the ui extra."""
+def test_the_image_carries_what_the_ui_and_api_services_run():
+    """The ui and api services run `openspeedy ui` and `openspeedy api` in the OpenSpeedy image: the image
+    must install their extras."""
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     extras = re.search(r'pip install .*-e "/opt/openspeedy\[([a-z,]+)\]"', dockerfile).group(1).split(",")
     assert compose()["services"]["ui"]["command"][:2] == ["openspeedy", "ui"]
-    assert "ui" in extras and "server" in extras
+    assert compose()["services"]["api"]["command"][:2] == ["openspeedy", "api"]
+    assert {"ui", "server", "api"} <= set(extras)
+
+
+def test_the_api_service_has_keys_and_shares_the_redis():
+    """The job API listens beyond loopback, so it needs keys (a secret file); its jobs are in the Redis
+    the cache uses, through the same secret, so they outlive a restart of the service."""
+    services, document = compose()["services"], compose()
+    api = services["api"]
+    command = api["command"]
+    assert command[command.index("--host") + 1] == "0.0.0.0" and command[command.index("--server") + 1] == \
+        "triton:8001"
+    assert command[command.index("--keys-file") + 1] == "/run/secrets/api_keys"
+    assert set(api["secrets"]) == {"api_keys", "redis_url"}
+    assert api["environment"] == {"OPENSPEEDY_REDIS_URL_FILE": "/run/secrets/redis_url"}
+    assert document["secrets"]["api_keys"] == {"file": "./secrets/api_keys"}
+    assert api["ports"] == ["8080:8080"] and {"triton", "redis"} <= set(api["depends_on"])
+    # Both come from the same argument parser the command uses.
+    from openspeedy.cli import build_parser
+
+    parsed = build_parser().parse_args(command[1:])
+    assert (parsed.host, parsed.port, parsed.server, str(parsed.keys_file)) == (
+        "0.0.0.0", 8080, "triton:8001", "/run/secrets/api_keys")
 
 
 def test_prometheus_config_and_rules_pass_promtool(tmp_path):

@@ -124,3 +124,33 @@ rollingUpdate:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* `openspeedy api` (api.enabled): names and labels of its own, so that the server's Service, PDB and
+HPA never select its pods. */}}
+{{- define "openspeedy.api.fullname" -}}
+{{- printf "%s-api" (include "openspeedy.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "openspeedy.api.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-api" (include "openspeedy.name" . | trunc 59 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "openspeedy.api.labels" -}}
+helm.sh/chart: {{ include "openspeedy.chart" . }}
+{{ include "openspeedy.api.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/component: api
+app.kubernetes.io/part-of: openspeedy
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The API listens beyond loopback, so it needs keys; its replicas share jobs only through Redis. */}}
+{{- define "openspeedy.api.validate" -}}
+{{- if not .Values.api.keys.existingSecret }}
+{{- fail "api.enabled: name the Secret holding the API keys (api.keys.existingSecret, one key per line): the API refuses to listen beyond loopback without keys" }}
+{{- end }}
+{{- if and (gt (int .Values.api.replicaCount) 1) (not .Values.redis.existingSecret) }}
+{{- fail "api.replicaCount > 1 needs redis.existingSecret: without Redis each replica keeps its own jobs, and a poll that reaches another replica finds none" }}
+{{- end }}
+{{- end }}
