@@ -33,6 +33,7 @@ INT32 = {"ge": -(2**31), "le": 2**31 - 1}
 FIELD_OF_INPUT = {"IMAGE": "input_reference", "HEIGHT": "size", "WIDTH": "size",
                   "GUIDANCE_INTERVAL": "guidance_interval_start"}
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+JOB_ID = re.compile(r"video_[0-9a-f]{32}")  # what new_job_id makes: nothing else reaches the store
 # How long the served model's defaults and limits are reused before they are read again.
 SETTINGS_TTL_S = 60.0
 
@@ -258,7 +259,7 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
     Caller = Annotated[str, Depends(caller)]
 
     def owned_job(video_id: str, owner: str) -> Job:
-        job = jobs.get(video_id)
+        job = jobs.get(video_id) if JOB_ID.fullmatch(video_id) else None
         if job is None or job.owner != owner:  # another key's job is as unknown as a missing one
             raise not_found(video_id)
         return job

@@ -142,6 +142,7 @@ class MemoryJobs:
     def take(self) -> str | None:
         """The oldest queued job's id, now this worker's; None when the queue is empty."""
         with self._lock:
+            self._expire()  # workers call this a few times a second: finished videos go when they expire
             return self._queue.pop() if self._queue else None
 
     def renew(self, job_id: str) -> bool:

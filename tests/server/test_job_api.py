@@ -3,6 +3,7 @@ real tritonserver (tiny model) and, for jobs shared by processes and kept across
 redis-server. Every API runs as its own `openspeedy api` process on a loopback port."""
 
 import dataclasses
+import http.client
 import json
 import os
 import re
@@ -197,6 +198,23 @@ def test_bad_requests_get_the_official_error_naming_the_field(api):
     oversized = _error(lambda: create(client, image=encode(random_image(400, 400, seed=2))))  # ~480 kB of PNG
     assert oversized.status_code == 413 and oversized.param == "input_reference" and "200000" in oversized.message
     assert client.videos.list().data == []  # none of them made a job
+
+
+def test_an_oversized_upload_without_a_length_is_cut_off(api):
+    """A chunked body announces no length: the limit holds while it is read."""
+    boundary = "openspeedy-test"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n--{boundary}\r\n'
+            'Content-Disposition: form-data; name="input_reference"; filename="in.png"\r\n\r\n').encode()
+    chunks = [head, *([b"\0" * 50_000] * 6), f"\r\n--{boundary}--\r\n".encode()]  # 300 kB > 200 kB
+    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
+    try:
+        connection.request("POST", "/v1/videos", body=iter(chunks), encode_chunked=True, headers={
+            "Authorization": f"Bearer {KEY}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = connection.getresponse()
+        error = json.loads(response.read())["error"]
+    finally:
+        connection.close()
+    assert response.status == 413 and error["param"] == "input_reference" and error["code"] == "request_too_large"
 
 
 def test_a_key_over_its_limit_of_videos_in_flight_gets_429(api):
