@@ -178,10 +178,14 @@ class MemoryJobs:
 
 
 # Creates a job unless its owner is at the limit. The owner's set of unfinished jobs is pruned of jobs
-# that no longer exist first (deleted or expired), so a count never stays too high.
+# that no longer exist first (deleted or expired), so a count never stays too high; so are the oldest
+# entries of the owner's index, so that it does not grow with expired jobs of an owner who never lists.
 _CREATE = """
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[5] .. id) == 0 then redis.call('SREM', KEYS[1], id) end
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, 9)) do
+  if redis.call('EXISTS', ARGV[5] .. id) == 0 then redis.call('ZREM', KEYS[4], id) end
 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[4])

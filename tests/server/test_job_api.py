@@ -296,3 +296,6 @@ def test_a_job_whose_process_died_is_queued_again_then_failed(redis_server):
     assert failed.status == "failed" and failed.error["code"] == "worker_lost" and store.take() is None
     assert store.image(job.id) is None and 0 < store.client.ttl(f"{store.prefix}job:{job.id}") <= 60
     assert store.create(dataclasses.replace(job, id=new_job_id()), b"image", max_in_flight=1)  # its place is free
+    store.client.delete(f"{store.prefix}job:{job.id}")  # as when it expires
+    store.create(dataclasses.replace(job, id=new_job_id()), b"image", max_in_flight=5)
+    assert job.id.encode() not in store.client.zrange(f"{store.prefix}jobs:o", 0, -1)  # the index forgets it
