@@ -57,6 +57,38 @@ def center_crop_wide(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image
     return image.crop((left, top, left + size[0], top + size[1]))
 
 
+def crop_growth(image_size: tuple[int, int], size: tuple[int, int]) -> float:
+    """How many times the output's pixels ``center_crop_wide`` resizes an image to before cropping: the
+    resize covers ``size`` while keeping the image's aspect ratio, so the surplus is the ratio of the two
+    aspect ratios (1 when they agree)."""
+    image_aspect = image_size[0] / image_size[1]
+    size_aspect = size[0] / size[1]
+    return max(image_aspect / size_aspect, size_aspect / image_aspect)
+
+
+def check_crop_growth(image_size: tuple[int, int], sizes: tuple[tuple[int, int], ...], limit: float,
+                      input_name: str = "IMAGE") -> None:
+    """Refuses an image whose crop to one of ``sizes`` would first resize it past ``limit`` times that size's
+    pixels: a 1x2000 PNG of 94 bytes cropped to 512x512 would otherwise be resized to 512x1024000 (1.5 GB)."""
+    for size in sizes:
+        growth = crop_growth(image_size, size)
+        if growth > limit:
+            raise InvalidInput(
+                input_name,
+                f"aspect ratio {_ratio(*image_size)} (width:height) is beyond the limit for a "
+                f"{sizes[-1][0]}x{sizes[-1][1]} video: its crop to {size[0]}x{size[1]} would first resize it to "
+                f"{growth:.0f} times that size; the limit is {limit:g} times (an image at most {limit:g} times "
+                f"wider or taller than the video and than a square)",
+            )
+
+
+def _ratio(width: int, height: int) -> str:
+    def number(value: float) -> str:
+        return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
+
+    return f"{number(width / height)}:1" if width >= height else f"1:{number(height / width)}"
+
+
 def to_uint8_batch(image: PIL.Image.Image) -> np.ndarray:
     """An RGB PIL image as a [1, H, W, 3] uint8 array."""
     return np.array(image, dtype=np.uint8)[None]  # a writable copy, so torch.from_numpy may share it

@@ -13,7 +13,7 @@ import PIL.Image
 
 from openspeedy.contracts import I2VGEN_XL
 from openspeedy.errors import InvalidInput
-from openspeedy.imaging import decode_image
+from openspeedy.imaging import check_crop_growth, decode_image
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,13 @@ class RequestSettings:
     max_frames_x_pixels: int = 64 * 1024 * 1024  # NUM_FRAMES * HEIGHT * WIDTH
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
+    # The crops resize the image to cover the video before cutting it: at most this many times the video's
+    # pixels, which bounds an image's aspect ratio relative to the video's and to a square.
+    max_crop_growth: float = 8.0
     max_prompt_bytes: int = 16 * 1024
-    max_request_seconds: float = 0.0  # a generation running longer is stopped with an error; 0: no limit
+    # A generation running longer is stopped with an error (0: no limit); the published model at its largest
+    # sizes takes minutes on one GPU.
+    max_request_seconds: float = 600.0
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> "RequestSettings":
@@ -190,6 +195,8 @@ def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> Gener
     image_bytes = _scalar(inputs, "IMAGE")
     image_bytes = image_bytes.encode() if isinstance(image_bytes, str) else bytes(image_bytes)
     image = decode_image(image_bytes, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+    # The pipeline crops the image twice: a square for the image encoder, the video's size for the VAE.
+    check_crop_growth(image.size, ((width, width), (width, height)), s.max_crop_growth)
 
     return GenerationRequest(
         image=image,

@@ -124,3 +124,48 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     request = parse_request(good(IMAGE=np.array([encode(image, "JPEG", exif=exif)], dtype=object)), SETTINGS)
     assert request.image.size == (80, 120)
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_any_crop():
+    # A 1x2000 PNG of about 100 bytes: its 512x512 crop would first resize it to 512x1024000 pixels.
+    banner = encode(PIL.Image.new("RGB", (1, 2000)))
+    with pytest.raises(InvalidInput) as caught:
+        parse_request(good(IMAGE=np.array([banner], dtype=object), HEIGHT=int32(512), WIDTH=int32(512)), SETTINGS)
+    assert caught.value.input_name == "IMAGE"
+    assert "aspect ratio 1:2000 (width:height) is beyond the limit for a 512x512 video" in str(caught.value)
+    assert "the limit is 8 times" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "image_size, video_size, accepted",
+    [
+        ((1280, 704), (1280, 704), True),  # the usual: the video's own aspect ratio
+        ((720, 1280), (1280, 704), True),  # a phone portrait for a landscape video: 3.2 times
+        ((256, 64), (64, 64), True),  # 4:1 at a square
+        ((64, 576), (64, 64), False),  # 1:9 at a square
+        ((512, 64), (512, 64), True),  # 8:1 at its own aspect ratio: the square crop grows 8 times, the limit
+        ((640, 64), (640, 64), False),  # 10:1 at its own aspect ratio: the square crop would grow 10 times
+    ],
+)
+def test_crop_growth_bounds_the_aspect_ratio_against_the_video_and_a_square(image_size, video_size, accepted):
+    image = encode(PIL.Image.new("RGB", image_size))
+    inputs = good(IMAGE=np.array([image], dtype=object), WIDTH=int32(video_size[0]), HEIGHT=int32(video_size[1]))
+    settings = RequestSettings(min_size=32, max_size=1280, max_frames_x_pixels=64 * 1280 * 1280)
+    if accepted:
+        assert parse_request(inputs, settings).image.size == image_size
+    else:
+        with pytest.raises(InvalidInput, match="aspect ratio .* is beyond the limit"):
+            parse_request(inputs, settings)
+
+
+def test_crop_growth_is_the_resize_the_crop_makes(monkeypatch):
+    from openspeedy.imaging import center_crop_wide, crop_growth
+
+    image = PIL.Image.new("RGB", (100, 300))
+    resized = []
+    original_resize = PIL.Image.Image.resize
+    monkeypatch.setattr(PIL.Image.Image, "resize",
+                        lambda self, size, **options: resized.append(size) or original_resize(self, size, **options))
+    center_crop_wide(image, (64, 32))
+    (width, height), = resized
+    assert width * height / (64 * 32) == pytest.approx(crop_growth(image.size, (64, 32)), rel=0.02)
