@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
+from openspeedy.component_limits import ComponentLimits
 from openspeedy.components import load_component
+from openspeedy.serving.caller_key import NotTheOrchestrator, carries_key, server_key
 from openspeedy.serving.metrics import LoadMetric
 from openspeedy.serving.triton_io import (
     error_response,
@@ -28,13 +30,21 @@ def component_model(model_name: str) -> type:
             self.component = load_component(
                 model_name, version_dir, instance_device(args), parameters.get("dtype", "float32"), parameters
             )
+            self.limits = ComponentLimits.from_parameters(parameters)
+            self.model_name = args["model_name"]
+            server_key()  # made or read now: a problem with it shows at load, not at the first request
             self.load_metric = LoadMetric(args["model_name"], args["model_instance_name"])
 
         def execute(self, requests):
             responses = []
             for request in requests:
                 try:
-                    outputs = self.component.infer(read_inputs(request, self.component.contract))
+                    # Before reading any input: a call from outside the server costs nothing more.
+                    if not carries_key(request.parameters()):
+                        raise NotTheOrchestrator(self.model_name, pb_utils.TritonError.UNSUPPORTED)
+                    inputs = read_inputs(request, self.component.contract)
+                    self.limits.check(self.component.contract, inputs)
+                    outputs = self.component.infer(inputs)
                     responses.append(
                         pb_utils.InferenceResponse(output_tensors=[to_triton(n, t) for n, t in outputs.items()])
                     )

@@ -14,6 +14,7 @@ from torch.utils.dlpack import to_dlpack
 from openspeedy import contracts
 from openspeedy.contracts import ModelContract, TensorSpec
 from openspeedy.errors import InvalidInput
+from openspeedy.serving import caller_key
 
 
 def instance_device(args: Mapping[str, str]) -> torch.device:
@@ -83,6 +84,7 @@ def _request(contract: ModelContract, inputs: Mapping[str, Any], device: torch.d
         model_name=model_name,
         requested_output_names=list(contract.outputs_for(inputs)),
         inputs=[to_triton(name, value) for name, value in inputs.items()],
+        parameters={caller_key.PARAMETER: caller_key.server_key()},  # the components answer only this
         **options,
     )
 
