@@ -17,13 +17,36 @@ class InstanceGroup:
 
 @dataclass(frozen=True)
 class QueuePolicy:
-    """Admission control for an entry model: a bounded queue, so overload is refused at once with
-    UNAVAILABLE ("Exceeds maximum queue size") instead of waiting without end. Triton keeps its queue in
-    the dynamic batcher, which also serves models of max_batch_size 0 (one request per execution)."""
+    """Admission control: a bounded queue, so overload is refused at once with UNAVAILABLE ("Exceeds
+    maximum queue size") instead of waiting without end. Triton keeps its queue in the dynamic batcher,
+    which also serves models of max_batch_size 0 (one request per execution).
+
+    Triton orders a queue by the priority a request names before any model sees the request, so any
+    client could put itself first. Priority is therefore off unless the operator turns it on
+    (``priority_levels`` 2, for deployments whose clients are all trusted or whose front end sets it):
+    then priority 1 is served before the default 2 and queues at most ``high_priority_queue_size``."""
 
     max_queue_size: int = 8
-    priority_levels: int = 2  # clients may send priority 1 (high) or 2 (default)
+    priority_levels: int = 0  # 0: one queue in arrival order, whatever priority a request names
+    high_priority_queue_size: int = 1
     default_timeout_us: int = 0  # 0: a queued request waits until served
+
+    def __post_init__(self):
+        if self.priority_levels not in (0, 2):
+            raise ValueError(f"priority_levels must be 0 (off) or 2 (1 before the default 2), "
+                             f"not {self.priority_levels}")
+
+    def render(self) -> str:
+        """The config's ``dynamic_batching`` block."""
+        def policy(size: int) -> str:
+            return (f"{{ max_queue_size: {size} default_timeout_microseconds: {self.default_timeout_us} "
+                    "allow_timeout_override: true }")
+
+        priority = ""
+        if self.priority_levels:
+            priority = (f"priority_levels: {self.priority_levels} default_priority_level: {self.priority_levels} "
+                        f"priority_queue_policy {{ key: 1 value: {policy(self.high_priority_queue_size)} }} ")
+        return f"dynamic_batching {{ {priority}default_queue_policy {policy(self.max_queue_size)} }}"
 
 
 def flag(parameters: Mapping[str, str], name: str, default: bool = False) -> bool:
@@ -73,12 +96,7 @@ def render_config(
     if contract.decoupled:
         lines.append("model_transaction_policy { decoupled: true }")
     if queue is not None:
-        lines.append(
-            "dynamic_batching { "
-            f"priority_levels: {queue.priority_levels} default_priority_level: {queue.priority_levels} "
-            f"default_queue_policy {{ max_queue_size: {queue.max_queue_size} "
-            f"default_timeout_microseconds: {queue.default_timeout_us} allow_timeout_override: true }} }}"
-        )
+        lines.append(queue.render())
     gpus = f" gpus: [ {', '.join(str(g) for g in instance_group.gpus)} ]" if instance_group.gpus else ""
     lines.append(f"instance_group [ {{ kind: {instance_group.kind} count: {instance_group.count}{gpus} }} ]")
     all_parameters = dict(parameters or {})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from openspeedy import contracts
 from openspeedy.cache import CacheSettings, fingerprint_files
+from openspeedy.component_limits import ComponentLimits
 from openspeedy.components import COMPONENT_CLASSES
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
 from openspeedy.export import unet_repository
@@ -36,6 +37,7 @@ TINY_SETTINGS = RequestSettings(
     max_num_frames=32,
     max_num_inference_steps=100,
     max_frames_x_pixels=32 * 512 * 512,
+    max_request_seconds=60.0,  # a tiny request takes about a second on a CPU
 )
 
 
@@ -142,7 +144,7 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
                       name: str) -> str:
     if contract is contracts.UNET and options.unet_runtime != "torch":
         return unet_repository.unet_config(options, group, name)
-    parameters = {"dtype": options.dtype}
+    parameters = {"dtype": options.dtype} | ComponentLimits.from_settings(options.settings).as_parameters()
     vae_compile_mode = {contracts.VAE_DECODER: options.vae_decoder_compile_mode,
                         contracts.VAE_ENCODER: options.vae_encoder_compile_mode}.get(contract, "")
     if options.warmup_shapes and (contract in (contracts.UNET, contracts.VAE_DECODER) or vae_compile_mode):
@@ -159,7 +161,15 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
     if contract is contracts.VAE_DECODER:
         parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
         parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
-    return render_config(contract, instance_group=group, parameters=parameters, name=name)
+    return render_config(contract, instance_group=group, parameters=parameters, queue=component_queue(options),
+                         name=name)
+
+
+def component_queue(options: ExportOptions) -> QueuePolicy:
+    """A component's bounded queue: room for every call the orchestrators can have out at once (two per
+    entry instance with CFG-parallel halves, for each of the two entry models), so only calls from
+    outside the server, which the component refuses at once, can find it full."""
+    return QueuePolicy(max_queue_size=max(options.queue.max_queue_size, 4 * options.entry_instances))
 
 
 def write_source_configs(source_repository: Path = SOURCE_REPOSITORY) -> None:

@@ -42,8 +42,13 @@ def unet_config(options: "ExportOptions", instance_group: InstanceGroup, name: s
     """config.pbtxt of `unet` for the onnxruntime and tensorrt runtimes (torch: the common rendering)."""
     if options.unet_runtime == "onnxruntime":
         # The graph is FP32 whatever ``options.dtype`` says: its precision is fixed at export.
-        parameters = {"dtype": "float32", "runtime": "onnxruntime"}
-        return render_config(contracts.UNET_EXPORTED, instance_group=instance_group, parameters=parameters, name=name)
+        from openspeedy.component_limits import ComponentLimits
+        from openspeedy.export.repository import component_queue
+
+        parameters = ({"dtype": "float32", "runtime": "onnxruntime"}
+                      | ComponentLimits.from_settings(options.settings).as_parameters())
+        return render_config(contracts.UNET_EXPORTED, instance_group=instance_group, parameters=parameters,
+                             queue=component_queue(options), name=name)
     if options.unet_runtime == "tensorrt":
         return tensorrt_config(instance_group, name)
     raise ValueError(f"unet_config is for the onnxruntime and tensorrt runtimes, not {options.unet_runtime!r}")

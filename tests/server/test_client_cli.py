@@ -104,9 +104,10 @@ def test_a_plain_model_can_be_streamed(triton, tmp_path):
     assert decode_video((tmp_path / "v.mp4").read_bytes()).shape == (3, 64, 64, 3)
 
 
-def test_priority_is_honoured_when_streaming(triton, tmp_path):
-    """One request at work, then a default-priority one queued, then `--priority 1`: the last one is
-    served first."""
+def test_priority_is_honoured_when_streaming(one_slot_server, tmp_path):
+    """Where the operator turned priority on: one request at work, then a default-priority one queued, then
+    `--priority 1`: the last one is served first."""
+    triton = one_slot_server
     image = encode(random_image(seed=41))
     hold, finished = threading.Event(), {}
 
@@ -148,10 +149,12 @@ def test_priority_is_honoured_when_streaming(triton, tmp_path):
 
 @pytest.fixture(scope="module")
 def one_slot_server(tiny_checkpoint, tmp_path_factory):
-    """A server whose streaming model takes one request at work and one in its queue: a third is refused."""
+    """A server whose streaming model takes one request at work and one in its queue: a third is refused.
+    Priority is on: one priority-1 request may queue besides, and is served first."""
     directory = tmp_path_factory.mktemp("one_slot")
-    repository = build_repository(tiny_checkpoint, directory / "models",
-                                  ExportOptions(settings=TINY_SETTINGS, queue=QueuePolicy(max_queue_size=1)))
+    queue = QueuePolicy(max_queue_size=1, priority_levels=2, high_priority_queue_size=1)
+    repository = build_repository(tiny_checkpoint, directory / "models", ExportOptions(settings=TINY_SETTINGS,
+                                                                                       queue=queue))
     server = TritonServer(ServerOptions(repository, http_port=free_port(), grpc_port=free_port(),
                                         metrics_port=free_port()), log_path=directory / "triton.log").start()
     yield server
