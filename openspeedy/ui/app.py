@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from openspeedy.client import example_image
-from openspeedy.ui.session import CACHE_NOTE, ERROR_TARGETS, SERVER, Generations, Update
+from openspeedy.ui.session import CACHE_NOTE, DEFAULT_KEEP_FILES_S, ERROR_TARGETS, SERVER, Generations, Update
 
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SERVER = "127.0.0.1", 7860, "127.0.0.1:8001"
 # Controls in the order the generate action takes them (also the API endpoint's parameter order).
@@ -17,6 +17,8 @@ DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_s
              "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
 FRACTIONS = ("guidance_scale", "guidance_interval_start", "guidance_interval_end")
 SERVER_POLL_S = 2.0  # how often a page that has no server defaults yet asks for them
+# The server refuses images over 32 MiB (max_image_bytes); the page refuses them before they are stored.
+DEFAULT_MAX_UPLOAD_MB = 32
 APPROXIMATIONS_NOTE = ("**Approximations**: off at a reuse interval of 1 and guidance from 0 to 1 (then "
                        "the video is the exact one). Their quality on trained weights has not been measured.")
 
@@ -60,7 +62,9 @@ def build(generations: Generations):
 
     defaults = server_values(generations.server_defaults())
 
-    with gr.Blocks(title="OpenSpeedy") as page:
+    # Gradio's own copies (uploads, files it served) go after the same time as the videos, checked as often.
+    keep_s = int(generations.keep_files_s)
+    with gr.Blocks(title="OpenSpeedy", delete_cache=(max(60, keep_s // 4), keep_s)) as page:
         gr.Markdown("# OpenSpeedy: image to video\nOne image, many prompts: the image's encodings are cached.")
         errors: dict[str, gr.Markdown] = {}
 
@@ -206,6 +210,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--server", default=DEFAULT_SERVER, help="the Triton server's gRPC address")
     parser.add_argument("--timeout", type=float, help="seconds a generation may take (default: no limit)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest image upload the page accepts (default {DEFAULT_MAX_UPLOAD_MB} MB)")
+    parser.add_argument("--keep-files-s", type=float, default=DEFAULT_KEEP_FILES_S,
+                        help="seconds uploads and generated videos stay on disk before they are deleted "
+                             f"(default {DEFAULT_KEEP_FILES_S:g})")
+
+
+def launch_options(args: argparse.Namespace) -> dict:
+    """What bounds the page's disk use and uploads, as Gradio's launch() takes it."""
+    return {"max_file_size": f"{args.max_upload_mb:g}mb"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,12 +227,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    generations = Generations(args.server, timeout_s=args.timeout)
+    generations = Generations(args.server, timeout_s=args.timeout, keep_files_s=args.keep_files_s)
     page = build(generations)
     print(f"OpenSpeedy UI on http://{args.host}:{args.port} (Triton gRPC {args.server})", flush=True)
     # System fonts: the default theme's web fonts would be fetched from the internet.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
     page.queue().launch(server_name=args.host, server_port=args.port, css=CSS, theme=theme, show_error=True,
-                        allowed_paths=[str(Path(generations.output_dir))])
+                        allowed_paths=[str(Path(generations.output_dir))], **launch_options(args))
     return 0

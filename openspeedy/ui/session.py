@@ -8,8 +8,10 @@ bad-input errors name their input), so the page shows each beside its control.
 from __future__ import annotations
 
 import queue
+import shutil
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,9 @@ INTEGER_OPTIONS = ("num_frames", "height", "width", "num_inference_steps", "targ
                    "feature_reuse_interval")
 # The page's two fields of GUIDANCE_INTERVAL, and what an empty one means: from the first step, to the last.
 INTERVAL_FIELDS = {"guidance_interval_start": 0.0, "guidance_interval_end": 1.0}
+
+# How long a finished video's files stay on disk: the page links them until then.
+DEFAULT_KEEP_FILES_S = 3600.0
 
 CACHE_NOTE = "This image's encodings came from the server's cache: its image-only work was skipped."
 
@@ -110,11 +115,13 @@ class CancelFlags:
 
 
 class Generations:
-    """Runs generations against one Triton server (gRPC address ``server_url``); files go to ``output_dir``."""
+    """Runs generations against one Triton server (gRPC address ``server_url``); files go to ``output_dir``
+    and are deleted ``keep_files_s`` after they were written."""
 
     def __init__(self, server_url: str, output_dir: Path | None = None, retry: RetryPolicy = DEFAULT_RETRY,
-                 timeout_s: float | None = None):
+                 timeout_s: float | None = None, keep_files_s: float = DEFAULT_KEEP_FILES_S):
         self.server_url, self.retry, self.timeout_s = server_url, retry, timeout_s
+        self.keep_files_s = keep_files_s
         # Under the system's temporary folder: Gradio serves output files from there.
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="openspeedy-ui-"))
         self.cancels = CancelFlags()
@@ -160,9 +167,15 @@ class Generations:
     def _generate(self, image, prompt: str, options: dict[str, Any], cancel: threading.Event,
                   events: queue.Queue) -> None:
         def on_retry(attempt: int, wait_s: float, error: GenerationError) -> None:
-            events.put(Update(status=f"Server busy; trying again in {wait_s:.1f} s (attempt {attempt + 1} "
+            # Both a full queue and a server that is down are worth another try; the page says which.
+            if client.is_reachable():
+                state, why = "busy", "busy: its queue is full, retrying"
+            else:
+                state, why = "not reachable", (f"not reachable at {self.server_url}, retrying: "
+                                               "is `openspeedy serve` running?")
+            events.put(Update(status=f"Server {state}; trying again in {wait_s:.1f} s (attempt {attempt + 1} "
                                      f"of {self.retry.attempts}).",
-                              errors={SERVER: "busy: its queue is full, retrying"}))
+                              errors={SERVER: why}))
 
         def on_progress(done: int, total: int) -> None:
             events.put(Update(status=f"Denoising: step {done} of {total}", progress=(done, total)))
@@ -180,6 +193,7 @@ class Generations:
     def _finished(self, video, options: dict[str, Any], client: Client) -> Update:
         from openspeedy.video import encode_gif
 
+        self.delete_old_files()
         folder = self.output_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         mp4, gif = folder / "openspeedy.mp4", folder / "openspeedy.gif"
@@ -212,6 +226,14 @@ class Generations:
                           errors={SERVER: f"busy after {self.retry.attempts} attempts; try again later ({error})"},
                           done=True)
         return Update(status="The generation failed.", errors={SERVER: str(error)}, done=True)
+
+    def delete_old_files(self) -> list[Path]:
+        """Deletes the videos written more than ``keep_files_s`` ago; returns their folders."""
+        deadline = time.time() - self.keep_files_s
+        old = [folder for folder in self.output_dir.iterdir() if folder.is_dir() and folder.stat().st_mtime < deadline]
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)
+        return old
 
     def generate_file(self, image: str | Path, prompt: str, **values: Any) -> Path:
         """The API's generate: the MP4's path, or GenerationError (its message names a bad input)."""
