@@ -33,11 +33,25 @@ def _status(url: str, timeout_s: float) -> int | str:
         return str(getattr(error, "reason", error))
 
 
+def http_url(url: str) -> str:
+    """``url`` with a scheme: "127.0.0.1:8000" means http://127.0.0.1:8000, as it does for the clients."""
+    return (url if "://" in url else f"http://{url}").rstrip("/")
+
+
+def default_models() -> list[str]:
+    """The models every OpenSpeedy repository has, for a probe given no repository (per-GPU copies aside)."""
+    from openspeedy.contracts import ALL_MODELS  # numpy with it: only when the probe is told no models
+
+    return sorted(contract.name for contract in ALL_MODELS)
+
+
 def check(url: str, models: list[str], what: str = "ready", timeout_s: float = 4.0) -> list[str]:
     """What is wrong, one line each; empty when the server is ``what`` (live or ready) and so is every model."""
-    base = url.rstrip("/")
+    base = http_url(url)
     problems = []
     status = _status(f"{base}/v2/health/{what}", timeout_s)
+    if isinstance(status, str):  # no HTTP answer at all: the models cannot answer either
+        return [f"server not reachable at {base}: {status}"]
     if status != 200:
         problems.append(f"server not {what}: /v2/health/{what} answered {status}")
     if not models:
@@ -55,9 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "every model ready (liveness probe, with a failure threshold that gives the watchdog "
                              "time to reload a model)")
     parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('OPENSPEEDY_HTTP_PORT', '8000')}",
-                        help="the server's HTTP endpoint (default: this machine, $OPENSPEEDY_HTTP_PORT or 8000)")
+                        help="the server's HTTP endpoint, http:// optional (default: this machine, "
+                             "$OPENSPEEDY_HTTP_PORT or 8000)")
     parser.add_argument("--model-repository", type=Path, default=os.environ.get("OPENSPEEDY_MODEL_REPOSITORY"),
-                        help="the repository whose models must be ready (default: $OPENSPEEDY_MODEL_REPOSITORY)")
+                        help="the repository whose models must be ready (default: $OPENSPEEDY_MODEL_REPOSITORY; "
+                             "neither it nor --model: the models every OpenSpeedy repository has)")
     parser.add_argument("--model", action="append", default=[], help="a model to check (repeatable), besides those "
                         "of --model-repository")
     parser.add_argument("--timeout-s", type=float, default=4.0)
@@ -65,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     models = sorted(set(args.model) | set(repository_models(args.model_repository) if args.model_repository else ()))
+    if not args.model and not args.model_repository:
+        models = default_models()
     problems = check(args.url, models, args.what, args.timeout_s)
     for problem in problems:
         print(problem, file=sys.stderr)

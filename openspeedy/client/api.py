@@ -204,9 +204,12 @@ class _Wait:
         self.cancel, self.timeout_s = cancel, timeout_s
         self.deadline = time.monotonic() + timeout_s if timeout_s else None
         self.step = self.total = 0
+        self.reports_steps = False  # only a stream tells the steps done; a plain call's wait knows nothing of them
 
     def check(self) -> None:
-        where = f" after step {self.step}/{self.total}" if self.total else " before the first step"
+        where = ""
+        if self.reports_steps:
+            where = f" after step {self.step}/{self.total}" if self.total else " before the first step"
         if self.cancel is not None and self.cancel.is_set():
             raise GenerationCancelled(f"cancelled by the client{where}", self.step)
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -296,8 +299,14 @@ class Client:
                             else self._client.get_model_metadata(model))
             except InferenceServerException as error:
                 raise _error(error) from None
+            except OSError as error:  # HTTP: the socket's own error (gRPC reports it as UNAVAILABLE)
+                raise self._unreachable(error) from None
             self._outputs[model] = {output["name"] for output in metadata.get("outputs", [])}
         return [name for name in wanted if name in self._outputs[model]]
+
+    def _unreachable(self, error: OSError) -> GenerationError:
+        """A connection failure as the retryable error gRPC gives for it."""
+        return GenerationError(f"server not reachable at {self.url}: {error.strerror or error}", "UNAVAILABLE")
 
     def _inputs(self, arrays: dict[str, np.ndarray]) -> list:
         from tritonclient.utils import np_to_triton_dtype
@@ -338,6 +347,8 @@ class Client:
                 raise _error(error) from None
             except TimeoutError:
                 raise GenerationTimeout(f"no video within the time limit of {wait.timeout_s:g} s") from None
+            except OSError as error:
+                raise self._unreachable(error) from None
         # gRPC: asynchronous, so that a cancel, the deadline or Ctrl-C can cancel the call (and the server
         # then stops the request) instead of blocking inside gRPC until the video is done.
         events: queue.Queue = queue.Queue()
@@ -410,6 +421,7 @@ class Client:
 
     def _stream_once(self, model: str, arrays: dict[str, np.ndarray], wanted: list[str], priority: int,
                      on_progress: Callable[[int, int], None] | None, wait: _Wait) -> Video:
+        wait.reports_steps = True
         wait.check()
         wanted = self._served_outputs(model, wanted)
         events: queue.Queue = queue.Queue()

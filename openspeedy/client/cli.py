@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if suffix not in (".mp4", ".gif"):
         print(f"--out must end in .mp4 or .gif, got {args.out}", file=sys.stderr)
         return 2
+    if not args.image.is_file():
+        print(f"--image {args.image}: no such file", file=sys.stderr)
+        return 2
     options = {
         key: getattr(args, key)
         for key in ("negative_prompt", "num_frames", "height", "width", "num_inference_steps",
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     wanted = dict(frames=suffix == ".gif", mp4=suffix == ".mp4", priority=args.priority, model=args.model)
     retry = RetryPolicy(attempts=max(0, args.retries) + 1)
     bar = None
+    if args.protocol == "http":
+        _quiet_interrupts_in_gevent()
     try:
         with Client(args.url, args.protocol, timeout_s=args.timeout, retry=retry, on_retry=_say_retry) as client:
             if stream:
@@ -104,6 +109,15 @@ def run(args: argparse.Namespace) -> int:
         args.out.write_bytes(encode_gif(video.frames, fps))
     print(f"wrote {args.out} in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def _quiet_interrupts_in_gevent() -> None:
+    """The HTTP client waits in gevent's hub, which prints a Ctrl-C's KeyboardInterrupt as an error of its
+    own before passing it on to the command; the command says what happened in one line instead."""
+    import gevent
+
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
 
 
 def _close(bar) -> None:

@@ -3,7 +3,10 @@ after '--', the exit timeout derived from the repository's longest request, and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
+import threading
 
 import pytest
 
@@ -61,7 +64,42 @@ def test_probe_lists_the_repositorys_models_and_reports_each_unready_one(tmp_pat
     models = probe.repository_models(repository)
     assert models == sorted(["i2vgen_xl", "i2vgen_xl_stream", "text_encoder", "image_encoder", "vae_encoder",
                              "unet", "vae_decoder"])
-    problems = probe.check("http://127.0.0.1:9", models, timeout_s=1)  # nothing listens on the discard port
-    assert problems[0].startswith("server not ready") and len(problems) == 1 + len(models)
-    assert probe.check("http://127.0.0.1:9", [], timeout_s=1)[-1].startswith("no model to check")
-    assert probe.main(["ready", "--url", "http://127.0.0.1:9", "--model-repository", str(repository)]) == 1
+    with server_answering(health=503, models=400) as url:
+        problems = probe.check(url, models, timeout_s=1)
+        assert problems[0].startswith("server not ready") and len(problems) == 1 + len(models)
+        assert problems[1] == "model 'i2vgen_xl' not ready: /v2/models/i2vgen_xl/ready answered 400"
+        assert probe.check(url, [], timeout_s=1)[-1].startswith("no model to check")
+        assert probe.main(["ready", "--url", url, "--model-repository", str(repository)]) == 1
+
+
+def test_probe_takes_an_address_without_scheme_and_checks_every_model_by_default(capsys):
+    with server_answering(health=200, models=200) as url:
+        assert probe.main(["ready", "--url", url.removeprefix("http://")]) == 0
+    assert capsys.readouterr().out == "ready: 7 models ready\n"
+
+
+def test_probe_of_a_server_that_does_not_answer_says_so_in_one_line(capsys):
+    assert probe.main(["ready", "--url", "127.0.0.1:9", "--timeout-s", "1"]) == 1  # nothing on the discard port
+    assert capsys.readouterr().err.splitlines() == [
+        "server not reachable at http://127.0.0.1:9: [Errno 111] Connection refused"]
+
+
+@contextlib.contextmanager
+def server_answering(health: int, models: int):
+    """A loopback HTTP server answering every health path with ``health``, every model path with ``models``."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(health if self.path.startswith("/v2/health/") else models)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
