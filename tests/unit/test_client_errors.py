@@ -64,3 +64,44 @@ def test_other_errors_are_not_retried(error):
     with pytest.raises(GenerationError):
         RetryPolicy(attempts=5, initial_s=0.01).call(attempts, sleep=lambda s: None)
     assert attempts.calls == 1
+
+
+def generate_command(capsys, *arguments: str) -> tuple[int, str]:
+    """`openspeedy generate` with ``arguments``: its exit status and what it wrote to stderr."""
+    import argparse
+
+    from openspeedy.client import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    status = cli.run(parser.parse_args(["--prompt", "x", *arguments]))
+    return status, capsys.readouterr().err
+
+
+def test_a_missing_image_file_is_one_line(capsys, tmp_path):
+    status, err = generate_command(capsys, "--image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "v.mp4"))
+    assert status == 2 and err == f"--image {tmp_path / 'nope.png'}: no such file\n"
+
+
+def test_an_unreachable_http_server_is_one_line(capsys, tmp_path):
+    from openspeedy.client import example_image
+
+    status, err = generate_command(capsys, "--image", str(example_image()), "--out", str(tmp_path / "v.mp4"),
+                                   "--protocol", "http", "--url", "127.0.0.1:9", "--retries", "0")
+    assert status == 1
+    assert err.splitlines() == ["error: server unavailable (busy, restarting or not reachable), retry later: "
+                                "server not reachable at 127.0.0.1:9: Connection refused"]
+
+
+def test_a_plain_calls_timeout_does_not_claim_a_step():
+    import queue
+
+    from openspeedy.client.api import GenerationTimeout, _Wait
+
+    wait = _Wait(None, 0.01)
+    with pytest.raises(GenerationTimeout) as caught:
+        wait.next(queue.Queue())
+    assert str(caught.value) == "no video within the time limit of 0.01 s; the request was cancelled"
+    wait.reports_steps = True  # a stream: its progress says where it stopped
+    with pytest.raises(GenerationTimeout, match="before the first step"):
+        wait.check()

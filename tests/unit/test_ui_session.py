@@ -99,3 +99,46 @@ def test_a_generation_whose_page_went_away_is_cancelled(tmp_path):
     flag = generations.cancels._flags["tab"]
     updates.close()  # Gradio drops the generator when the tab closes
     assert flag.is_set() and "tab" not in generations.cancels._flags
+
+
+def test_while_the_server_is_down_a_retry_says_not_reachable_not_busy(tmp_path):
+    from openspeedy.client.api import RetryPolicy
+    from tests.helpers import encode, random_image
+
+    image = tmp_path / "image.png"
+    image.write_bytes(encode(random_image()))
+    generations = Generations("127.0.0.1:9", output_dir=tmp_path / "out",  # nothing listens on the discard port
+                              retry=RetryPolicy(attempts=2, initial_s=0.01))
+    updates = list(generations.run("tab", image, "x"))
+    retry = next(update for update in updates if update.status.startswith("Server"))
+    assert retry.status.startswith("Server not reachable; trying again")
+    assert retry.errors[SERVER].startswith("not reachable at 127.0.0.1:9, retrying")
+    assert "queue" not in " ".join(update.errors.get(SERVER, "") for update in updates)
+
+
+def test_old_videos_are_deleted_and_recent_ones_kept(tmp_path):
+    import os
+    import time
+
+    generations = Generations("127.0.0.1:1", output_dir=tmp_path, keep_files_s=60)
+    old, recent = tmp_path / "old", tmp_path / "recent"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "openspeedy.mp4").write_bytes(b"video")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert generations.delete_old_files() == [old]
+    assert not old.exists() and (recent / "openspeedy.mp4").exists()
+
+
+def test_the_page_bounds_uploads_and_gradios_own_files(tmp_path):
+    import argparse
+
+    from openspeedy.ui.app import add_arguments, build, launch_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--max-upload-mb", "5", "--keep-files-s", "600"])
+    assert launch_options(args) == {"max_file_size": "5mb"}
+    assert parser.parse_args([]).max_upload_mb == 32 and parser.parse_args([]).keep_files_s == 3600
+    page = build(Generations("127.0.0.1:1", output_dir=tmp_path, keep_files_s=args.keep_files_s))
+    assert page.delete_cache == (150, 600)  # checked every quarter of the time a file is kept
