@@ -327,7 +327,8 @@ class Client:
                      *, model: str | None = None, cancel: threading.Event | None = None,
                      timeout_s: float | None = None):
         """A raw inference: contract-named input arrays in, the requested output arrays out.
-        ``priority`` 1 is served before the default 2 when requests queue (0: the model's default)."""
+        ``priority`` 1 is served before the default 2 when requests queue, where the operator turned priority
+        on (export --priority; else every request queues in arrival order); 0: the model's default."""
         result = self._with_retries(
             lambda wait: self._infer_once(model or self.model, arrays, outputs, priority, wait), cancel, timeout_s
         )

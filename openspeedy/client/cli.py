@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-reuse-interval", type=int, metavar="N",
                         help="opt-in approximation: the UNet's deep features recomputed every N steps")
     parser.add_argument("--timeout", type=float, help="seconds to wait for the video (retries included)")
-    parser.add_argument("--priority", type=int, default=0, help="1: before default requests (2) in the queue")
+    parser.add_argument("--priority", type=int, default=0,
+                        help="1: before default requests (2) in the queue, where the server was exported with "
+                             "--priority (else ignored)")
     parser.add_argument("--retries", type=int, default=RetryPolicy.attempts - 1,
                         help="times to send again a request the server refused as busy (UNAVAILABLE)")
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,

@@ -50,8 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue-size", type=int, default=8,
                         help="requests an entry model queues; more are refused at once with UNAVAILABLE")
     parser.add_argument("--max-request-seconds", type=float, default=None,
-                        help="stop a generation that runs longer, with an error (default: no limit); a stopping "
+                        help="stop a generation that runs longer, with an error (default 600, --tiny 60; 0: no "
+                             "limit); a stopping "
                              "server waits this long for its requests (openspeedy serve's exit timeout)")
+    parser.add_argument("--priority", action="store_true",
+                        help="serve priority 1 before the default 2 (any client can send it: for trusted clients "
+                             "or a front end that sets it); off: one queue in arrival order")
+    parser.add_argument("--high-priority-queue-size", type=int, default=1,
+                        help="with --priority: priority-1 requests queued at most (more are refused at once)")
     parser.add_argument("--no-cache", action="store_true", help="turn the encoding caches off")
     parser.add_argument("--cache-image-max-bytes", type=int, default=256 << 20)
     parser.add_argument("--cache-prompt-max-bytes", type=int, default=64 << 20)
@@ -96,7 +102,8 @@ def run(args: argparse.Namespace) -> Path:
         vae_encoder_compile_mode=args.vae_encoder_compile_mode,
         warmup_feature_reuse=args.warmup_feature_reuse,
         compile_cache_dir=args.compile_cache_dir,
-        queue=QueuePolicy(max_queue_size=args.max_queue_size),
+        queue=QueuePolicy(max_queue_size=args.max_queue_size, priority_levels=2 if args.priority else 0,
+                          high_priority_queue_size=args.high_priority_queue_size),
         cache=CacheSettings(
             enabled=not args.no_cache,
             image_max_bytes=args.cache_image_max_bytes,
