@@ -35,7 +35,31 @@ class NotTheOrchestrator(PermissionError):
 def key_path(server_pid: int | None = None) -> Path:
     """Where the key of the server whose model processes (python backend stubs) are children of it lives."""
     server_pid = os.getppid() if server_pid is None else server_pid
-    return Path(tempfile.gettempdir()) / f"openspeedy-caller-key-{os.getuid()}-{server_pid}"
+    return Path(tempfile.gettempdir()) / f"{_NAME}{os.getuid()}-{server_pid}"
+
+
+_NAME = "openspeedy-caller-key-"
+
+
+def remove_stale_keys() -> list[Path]:
+    """Removes this user's keys of servers that no longer run (a server leaves its key behind)."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{_NAME}{os.getuid()}-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process of that id: not ours to judge
+    return True
 
 
 @functools.cache
@@ -43,6 +67,7 @@ def server_key() -> str:
     """This server run's key, made by the first model process that asks (an atomic link decides which)."""
     path = key_path()
     if not path.exists():
+        remove_stale_keys()
         temporary = path.with_name(f"{path.name}.{os.getpid()}")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as file:

@@ -105,3 +105,17 @@ def test_the_caller_key_is_one_per_server_and_private(tmp_path, monkeypatch):
             caller_key.server_key()
     finally:
         caller_key.server_key.cache_clear()
+
+
+def test_a_new_server_removes_the_keys_of_servers_gone(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    gone, alive = caller_key.key_path(ended.pid), caller_key.key_path(os.getpid())
+    gone.write_text("old")
+    alive.write_text("live")
+    assert caller_key.remove_stale_keys() == [gone]
+    assert not gone.exists() and alive.exists()
