@@ -62,6 +62,8 @@ class ComponentLimits:
             spec = contract.input(name)
             sizes = dict(zip(spec.axes, value.shape))
             for axis, size in sizes.items():
+                if size < 1:  # an empty tensor: nothing to compute, and divisions by its size in the models
+                    raise InvalidInput(name, f"has no elements on axis '{axis}'")
                 if isinstance(axis, str) and axis in limits and size > limits[axis]:
                     raise InvalidInput(name, f"has {size} on axis '{axis}'; the limit is {limits[axis]}")
             self._check_video(name, sizes)

@@ -86,6 +86,8 @@ def test_with_the_key_a_small_call_is_served(triton, server_key, model):
          "invalid input 'LATENTS': has 128 on axis 'latent_height'; the limit is 64"),
         ("vae_decoder", {"LATENTS": latents(2, 8), "DECODE_CHUNK_SIZE": np.array([-1], np.int32)},
          "invalid input 'DECODE_CHUNK_SIZE': must be between 0 and 1024, got -1"),
+        ("vae_decoder", {"LATENTS": latents(0, 8), "DECODE_CHUNK_SIZE": np.array([0], np.int32)},
+         "invalid input 'LATENTS': has no elements on axis 'frames'"),
         ("text_encoder", {"PROMPT": prompts(2000, 4)},
          "invalid input 'PROMPT': has 2000 on axis 'batch'; the limit is 2"),
         ("text_encoder", {"PROMPT": prompts(1, 16 * 1024 + 1)},
@@ -96,7 +98,7 @@ def test_with_the_key_a_small_call_is_served(triton, server_key, model):
         ("vae_encoder", {"IMAGE": np.zeros((3, 64, 64, 3), np.uint8)},
          "invalid input 'IMAGE': has 3 on axis 'batch'; the limit is 2"),
     ],
-    ids=["frames", "size", "chunk", "prompts", "prompt-bytes", "utf8", "image-size", "batch"],
+    ids=["frames", "size", "chunk", "no-frames", "prompts", "prompt-bytes", "utf8", "image-size", "batch"],
 )
 def test_with_the_key_a_component_holds_its_limits_with_a_named_error(triton, server_key, model, arrays, message):
     with pytest.raises(InferenceServerException) as caught:

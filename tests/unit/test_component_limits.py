@@ -55,6 +55,8 @@ def test_the_orchestrators_own_calls_pass():
         (contracts.VAE_ENCODER, {"IMAGE": torch.zeros(1, 520, 64, 3, dtype=torch.uint8)}, "has 520 on axis 'height'"),
         (contracts.TEXT_ENCODER, {"PROMPT": np.array([b"a"] * 3, dtype=object)}, "has 3 on axis 'batch'"),
         (contracts.TEXT_ENCODER, {"PROMPT": np.array([b"\xff"], dtype=object)}, "must be valid UTF-8"),
+        (contracts.VAE_DECODER, {"LATENTS": torch.zeros(0, 4, 8, 8)}, "'LATENTS': has no elements on axis 'frames'"),
+        (contracts.TEXT_ENCODER, {"PROMPT": np.array([], dtype=object)}, "has no elements on axis 'batch'"),
     ],
 )
 def test_a_call_over_the_limits_is_refused_naming_its_input(contract, inputs, message):
