@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue-size", type=int, default=8,
                         help="requests an entry model queues; more are refused at once with UNAVAILABLE")
     parser.add_argument("--max-request-seconds", type=float, default=None,
-                        help="stop a generation that runs longer, with an error (default 600, --tiny 60; 0: no "
+                        help="stop a generation that runs longer, with an error (default 600, --tiny 300; 0: no "
                              "limit); a stopping "
                              "server waits this long for its requests (openspeedy serve's exit timeout)")
     parser.add_argument("--priority", action="store_true",

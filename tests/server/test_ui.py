@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -213,7 +214,8 @@ def test_a_server_that_is_not_reachable_is_said_then_its_defaults_fill_in_when_i
         error = page.locator("#error-server")
         error.wait_for(state="visible")
         # first the retries of the refused connection, then the verdict
-        page.wait_for_function("() => document.querySelector('#status')?.innerText.includes('not reachable')")
+        page.wait_for_function(
+            "() => document.querySelector('#status')?.innerText.includes('The server is not reachable')")
         assert error.inner_text() == f"not reachable at {nobody}: is openspeedy serve running?"  # `...` as code
         assert not page.locator("#error-height").is_visible()
 
@@ -227,6 +229,18 @@ def test_a_server_that_is_not_reachable_is_said_then_its_defaults_fill_in_when_i
             page.wait_for_function(DONE)
             assert page.inner_text("#status").startswith("Done: 2 frames of 64x64")
         page.close()
+
+
+def test_an_upload_over_the_limit_is_refused(ui):
+    """The page's upload limit (32 MB by default), before Gradio stores the file."""
+    boundary = "openspeedy-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + bytes(33 * 2**20) + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{ui}/gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert "File size exceeded maximum allowed size of 33554432 bytes" in refused.value.read().decode()
 
 
 def test_tabs_each_get_their_own_progress_and_result(browser, ui):

@@ -82,7 +82,7 @@ def test_priority_is_off_unless_the_operator_turns_it_on():
 
 
 def test_exported_entry_models_carry_a_request_time_limit():
-    for settings, limit in ((TINY_SETTINGS, "60.0"), (ExportOptions().settings, "600.0")):
+    for settings, limit in ((TINY_SETTINGS, "300.0"), (ExportOptions().settings, "600.0")):
         configs = model_configs(ExportOptions(settings=settings), 0.18125)
         for contract in contracts.ENTRY_MODELS:
             assert f'key: "max_request_seconds" value: {{ string_value: "{limit}" }}' in configs[contract.name]
