@@ -58,6 +58,7 @@ def _server_options(args: argparse.Namespace):
         raise SystemExit(f"openspeedy: no model in {repository}: mount a repository built by 'openspeedy export' "
                          "there, or build the image with --build-arg MODEL_SOURCE=tiny|checkpoint (docker/README.md)")
     extra = {} if args.cuda_memory_pool_bytes is None else {"cuda_memory_pool_bytes": args.cuda_memory_pool_bytes}
+    extra.update(max_body_bytes=args.max_body_bytes, max_crashes=args.max_crashes, crash_window_s=args.crash_window_s)
     return ServerOptions(repository, args.host, args.http_port, args.grpc_port, args.metrics_port, args.log_verbose,
                          restart_dead_stubs=not args.no_watchdog, exit_timeout_s=exit_timeout_seconds(args, repository),
                          triton_root=args.triton_root, extra_args=list(args.triton_args), **extra)
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "else /opt/tritonserver if present, else the nvidia-pytriton wheel's server)")
         command.add_argument("--no-watchdog", action="store_true",
                              help="do not reload a model whose python backend stub died (see openspeedy/watchdog.py)")
+        command.add_argument("--max-body-bytes", type=int, default=_env("MAX_BODY_BYTES", 64 * 2**20, int),
+                             help="largest HTTP request body the HTTP guard forwards, counted after undoing chunked "
+                                  "framing and gzip/deflate (default 64 MiB; docs/security.md)")
+        command.add_argument("--max-crashes", type=int, default=_env("MAX_CRASHES", 3, int),
+                             help="tritonserver deaths within --crash-window-s after which the launcher exits 1 "
+                                  "instead of restarting it (default 3)")
+        command.add_argument("--crash-window-s", type=float, default=_env("CRASH_WINDOW_S", 300.0, float))
         command.set_defaults(triton_args=[])
     serve.epilog = "Arguments after '--' go to tritonserver as they are, after the launcher's own flags."
 

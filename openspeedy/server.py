@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openspeedy.watchdog import EXPLICIT_MODEL_CONTROL, StubWatchdog
+import psutil
+
+from openspeedy.watchdog import EXPLICIT_MODEL_CONTROL, StubWatchdog, remove_region, stub_region
 
 CONTAINER_ROOT = Path("/opt/tritonserver")
+FATAL_SIGNAL_LINE = re.compile(rb"^Signal \((\d+)\) received\.")  # tritonserver's fatal-signal handler
 
 # Triton's admin protocols, refused without the admin key (docs/security.md says why each one):
 # model-repository (load/unload/index: one anonymous unload took the service down), shared-memory
@@ -159,6 +166,15 @@ class ServerOptions:
     extra_args: list[str] = field(default_factory=list)
     # The Triton installation (bin/, backends/, caches/); None: find_triton() decides.
     triton_root: Path | None = None
+    # The public HTTP port is served by openspeedy/http_guard.py, which forwards to tritonserver's HTTP on a
+    # private loopback port (0: a free one, kept across restarts). False: tritonserver serves http_port itself.
+    http_guard: bool = True
+    private_http_port: int = 0
+    max_body_bytes: int = 64 * 2**20
+    # serve_forever() restarts a tritonserver that died; this many deaths within crash_window_s end the
+    # launcher instead (non-zero: the container is restarted, and a crash loop shows as one).
+    max_crashes: int = 3
+    crash_window_s: float = 300.0
 
 
 def _has_gpu() -> bool:
@@ -182,6 +198,13 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.watchdog: StubWatchdog | None = None
         self.admin_key = options.admin_key or admin_key_from_environment()
+        self.guard = None  # openspeedy.http_guard.HttpGuard, while it runs
+        self.triton_http_port = options.http_port
+        if options.http_guard:
+            self.triton_http_port = options.private_http_port or _free_loopback_port()
+        self._regions: set[str] = set()  # the stubs' shared-memory regions seen, removed once the server is gone
+        self._stop_requested = threading.Event()
+        self.fatal_signal = 0  # the signal tritonserver's handler said it caught (_copy_output)
         self._log = None
 
     @property
@@ -196,7 +219,13 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """The public HTTP endpoint (the guard's, when there is one)."""
         return f"{self.options.host}:{self.options.http_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        """Tritonserver's own HTTP endpoint: private (loopback) behind the guard."""
+        return f"127.0.0.1:{self.triton_http_port}" if self.options.http_guard else self.http_url
 
     @property
     def grpc_url(self) -> str:
@@ -213,8 +242,8 @@ class TritonServer:
             f"--model-repository={Path(o.model_repository).resolve()}",
             f"--backend-directory={install.backend_directory}",
             f"--cache-directory={install.cache_directory}",
-            f"--http-address={o.host}",
-            f"--http-port={o.http_port}",
+            f"--http-address={'127.0.0.1' if o.http_guard else o.host}",
+            f"--http-port={self.triton_http_port}",
             f"--grpc-address={o.host}",
             f"--grpc-port={o.grpc_port}",
             f"--metrics-address={o.host}",
@@ -250,31 +279,74 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
-    def start(self, timeout: float = 300.0) -> "TritonServer":
+    def start(self, timeout: float = 300.0, restart: bool = False) -> "TritonServer":
+        """Starts the guard (once) and tritonserver; returns once every model is ready."""
+        if self.options.http_guard and self.guard is None:
+            from openspeedy.http_guard import HttpGuard  # aiohttp: only where a guard runs
+
+            self.guard = HttpGuard(self.options.host, self.options.http_port, f"127.0.0.1:{self.triton_http_port}",
+                                   self.options.max_body_bytes).start()
         install = find_triton(self.options.triton_root)
-        if self.log_path is not None:
+        if self.log_path is not None and self._log is None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
+        self.fatal_signal = 0
         self.process = subprocess.Popen(
             self.command(install),
             env=self.environment(install),
-            stdout=self._log,
-            stderr=subprocess.STDOUT if self._log else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # our SIGINT handling decides when it stops, not the terminal's
         )
+        threading.Thread(target=self._copy_output, args=(self.process.stdout,), name="openspeedy-triton-log",
+                         daemon=True).start()
         try:
             self.wait_ready(timeout)
             if self.options.restart_dead_stubs:
-                self.watchdog = StubWatchdog(self.process.pid, self.options.model_repository, self.http_url,
+                self.watchdog = StubWatchdog(self.process.pid, self.options.model_repository, self.triton_http_url,
                                              headers=self.admin_headers).start()
         except BaseException:
-            self.stop()
+            if restart:
+                self._end_process(timeout=30)  # the guard stays: it answers 503 until a later start
+            else:
+                self.stop()
             raise
         return self
 
+    def _copy_output(self, output) -> None:
+        """Copies tritonserver's output to the log (or ours), watching for its fatal-signal handler's line.
+
+        Triton catches SIGSEGV (and SIGABRT, SIGBUS, SIGFPE, SIGILL), prints "Signal (11) received." and then
+        may hang in that handler, still answering ready: seen with a SIGSEGV sent to it. That line is as good
+        as its death. Its SIGTERM/SIGINT handler prints "Interrupt signal (15) received." instead."""
+        sink = self._log if self._log is not None else getattr(sys.stdout, "buffer", None)
+        for line in iter(output.readline, b""):
+            match = FATAL_SIGNAL_LINE.match(line)
+            if match:
+                self.fatal_signal = int(match.group(1))
+            try:
+                if sink is None:
+                    sys.stdout.write(line.decode(errors="replace"))
+                else:
+                    sink.write(line)
+                (sink or sys.stdout).flush()
+            except (OSError, ValueError):  # the log closed under us at a stop
+                pass
+        output.close()
+
+    def died(self) -> str:
+        """Why tritonserver is dead (or as good as dead); empty while it runs."""
+        if self.process is None:
+            return ""
+        if self.process.poll() is not None:
+            return describe_exit(self.process.returncode)
+        if self.fatal_signal:
+            return f"{describe_exit(-self.fatal_signal)}, caught by its handler, which did not end it"
+        return ""
+
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.triton_http_url}/v2/health/ready", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
@@ -282,42 +354,83 @@ class TritonServer:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            if self.died():
                 raise RuntimeError(
-                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    f"tritonserver died ({self.died()}) before it was ready"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
+            if self._stop_requested.is_set():
+                raise StopRequested("a stop was asked for while tritonserver was starting")
             if self.is_ready():
                 return
             time.sleep(0.5)
         raise TimeoutError(f"tritonserver was not ready within {timeout:.0f} s")
 
-    def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM (Triton lets the requests in flight finish, unloads its models and stops its stubs), then
-        SIGKILL to the group if it hangs: by default once Triton's own exit timeout is well past."""
-        timeout = self.options.exit_timeout_s + 30.0 if timeout is None else timeout
+    def request_stop(self) -> None:
+        """Makes a start in progress give up (for a signal handler)."""
+        self._stop_requested.set()
+
+    def _learn_regions(self) -> None:
+        """Notes the shared-memory regions of the server's stubs alive now: the server runs in a process group
+        of its own, which its stubs keep even once it is dead."""
+        if self.process is None:
+            return
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if os.getpgid(process.pid) == self.process.pid and process.info["cmdline"]:
+                    region = stub_region(process.info["cmdline"])
+                    if region:
+                        self._regions.add(region)
+            except (ProcessLookupError, psutil.Error):
+                continue
+
+    def _end_process(self, timeout: float) -> int | None:
+        """Stops tritonserver (SIGTERM, SIGKILL to its group past ``timeout``) and removes every stub region it
+        left: Triton removes them on a clean exit, but neither a crash nor a kill does."""
         if self.process is None:
             return None
         if self.watchdog is not None:
             self.watchdog.stop()  # first: the models' stubs end with the server, nothing to reload
+            self._regions |= self.watchdog.known_regions()
             self.watchdog = None
+        self._learn_regions()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                pass
-        # The server runs in a process group of its own: whatever is left of it (a hung server, or the
-        # stubs a crashed one orphaned) goes with it.
+                print(f"openspeedy: tritonserver did not stop within {timeout:.0f} s; killing it", flush=True)
+        # Whatever is left of the group (a hung server, or the stubs a crashed one orphaned) goes with it.
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
+        removed = [region for region in sorted(self._regions) if remove_region(region)]
+        if removed:
+            print(f"openspeedy: removed {len(removed)} shared-memory region(s) tritonserver left in /dev/shm",
+                  flush=True)
+        self._regions.clear()
+        return self.process.returncode
+
+    def restart_after_crash(self, timeout: float = 300.0) -> None:
+        """Cleans up after a tritonserver that died (its orphaned stubs, their shared memory) and starts a new
+        one on the same ports; the guard keeps answering 503 meanwhile."""
+        self._end_process(timeout=0)
+        self.start(timeout, restart=True)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM (Triton lets the requests in flight finish, unloads its models and stops its stubs), then
+        SIGKILL to the group if it hangs: by default once Triton's own exit timeout is well past."""
+        timeout = self.options.exit_timeout_s + 30.0 if timeout is None else timeout
+        code = self._end_process(timeout)
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
         if self._log is not None:
             self._log.close()
             self._log = None
-        return self.process.returncode
+        return code
 
     def __enter__(self) -> "TritonServer":
         return self.start()
@@ -326,26 +439,73 @@ class TritonServer:
         self.stop()
 
 
+class StopRequested(RuntimeError):
+    """SIGINT or SIGTERM came while tritonserver was starting."""
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def describe_exit(returncode: int) -> str:
+    """'signal SIGSEGV' for a process killed by a signal, else 'exit code N'."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def serve_forever(server: TritonServer) -> int:
-    """Runs until SIGINT/SIGTERM or until the server dies; returns the server's exit code."""
+    """Runs until SIGINT/SIGTERM; restarts tritonserver when it dies, unless it died ``max_crashes`` times within
+    ``crash_window_s`` (then 1, so that the container restarts). Returns the server's exit code at a stop."""
     stopping = False
+    crashes: deque[float] = deque()
+    options = server.options
 
     def request_stop(signum, frame):
         nonlocal stopping
         stopping = True
+        server.request_stop()
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
         print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",
               flush=True)
-        while not stopping and server.process.poll() is None:
+        while not stopping:
             if server.watchdog is not None and server.watchdog.gave_up:
                 # A model that cannot come back: exit, so that the container (or the operator) restarts us.
                 print(f"openspeedy: giving up: {server.watchdog.gave_up}", file=sys.stderr, flush=True)
                 server.stop()
                 return 1
+            if server.died():
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and now - crashes[0] > options.crash_window_s:
+                    crashes.popleft()
+                print(f"openspeedy: tritonserver died ({server.died()}); "
+                      f"crash {len(crashes)} of at most {options.max_crashes} within {options.crash_window_s:g} s",
+                      file=sys.stderr, flush=True)
+                if len(crashes) >= options.max_crashes:
+                    print(f"openspeedy: giving up: tritonserver died {len(crashes)} times within "
+                          f"{options.crash_window_s:g} s", file=sys.stderr, flush=True)
+                    server.stop()
+                    return 1
+                try:
+                    server.restart_after_crash()
+                    print("openspeedy: tritonserver restarted and ready", file=sys.stderr, flush=True)
+                except (RuntimeError, TimeoutError) as error:  # counted as the next crash, one round later
+                    if isinstance(error, StopRequested):
+                        raise
+                    print(f"openspeedy: restarting tritonserver failed: {error}", file=sys.stderr, flush=True)
+                continue
             time.sleep(0.2)
+    except StopRequested:
+        pass
     finally:
         code = server.stop()
         for signum, handler in previous.items():

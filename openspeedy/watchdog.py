@@ -108,8 +108,8 @@ class StubWatchdog:
             model = _stub_model(child, self.repository, command)
             if model is not None:
                 self._models[child.pid] = model
-                region = next((arg for arg in command if arg.startswith(REGION_PREFIX)), None)
-                if region is not None:
+                region = stub_region(command)
+                if region:
                     self._regions[child.pid] = region
         return {child.pid for child in children if child.pid in self._models and _is_zombie(child)}
 
@@ -136,12 +136,12 @@ class StubWatchdog:
                     return
 
     def _remove_region(self, pid: int) -> None:
-        region = self._regions.pop(pid, "")
-        if region and Path(region).name == region:  # a name in /dev/shm, nothing else
-            try:
-                (SHARED_MEMORY / region).unlink(missing_ok=True)
-            except OSError as error:  # not ours to remove: the reload matters more
-                print(f"openspeedy watchdog: could not remove {region}: {error}", flush=True)
+        remove_region(self._regions.pop(pid, ""))
+
+    def known_regions(self) -> set[str]:
+        """The shared-memory regions of the stubs seen alive and not yet removed (the launcher removes them
+        after a crash or a stop that had to kill)."""
+        return set(self._regions.values())
 
     def _reload(self, model: str) -> bool:
         print(f"openspeedy watchdog: a stub of model '{model}' died; reloading the model", flush=True)
@@ -166,4 +166,24 @@ def _is_zombie(process: psutil.Process) -> bool:
     try:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
+        return False
+
+
+def stub_region(command: list[str]) -> str:
+    """The shared-memory region named on a python backend stub's command line; empty for another process."""
+    return next((arg for arg in command if arg.startswith(REGION_PREFIX)), "")
+
+
+def remove_region(region: str) -> bool:
+    """Removes a stub's region from /dev/shm; True if it was there. Only a bare name with the python backend's
+    prefix is touched."""
+    if not region.startswith(REGION_PREFIX) or Path(region).name != region:
+        return False
+    try:
+        (SHARED_MEMORY / region).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as error:  # not ours to remove: serving matters more
+        print(f"openspeedy: could not remove /dev/shm/{region}: {error}", flush=True)
         return False
