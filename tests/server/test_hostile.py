@@ -1,0 +1,230 @@
+"""No single client may take the service down. `openspeedy serve` is run as the container runs it; the
+requests of tests/server/hostile_corpus.py go to its public HTTP port (the guard) and must be refused (or
+forwarded safely) while tritonserver keeps running; a tritonserver that dies anyway (SIGSEGV here) is
+restarted, readiness says false meanwhile, and no stub's shared memory is left behind; a stop after a storm
+of cancelled streams is quick and clean."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from openspeedy.watchdog import REGION_PREFIX
+from tests.helpers import encode, free_port, random_image
+from tests.server.hostile_corpus import CORPUS, Hostile, send
+
+pytestmark = pytest.mark.server
+
+MAX_BODY_BYTES = 4 * 2**20  # the corpus's oversized bodies are larger; its forwarded ones are smaller
+IMAGE = encode(random_image(64, 48, seed=71))
+
+
+def _status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        return type(error).__name__
+
+
+def _wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Launcher:
+    """`openspeedy serve` on a copy of the tiny repository, on free loopback ports."""
+
+    def __init__(self, repository: Path, log: Path, *args: str):
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.url = f"http://127.0.0.1:{self.ports['http']}"
+        self.log_path = log
+        self._log = open(log, "w+")
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "openspeedy.cli", "serve", "--model-repository", str(repository),
+             "--host", "127.0.0.1", "--http-port", str(self.ports["http"]), "--grpc-port", str(self.ports["grpc"]),
+             "--metrics-port", str(self.ports["metrics"]), "--exit-timeout-secs", "5",
+             "--max-body-bytes", str(MAX_BODY_BYTES), *args],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for(lambda: self.process.poll() is not None or self.ready(), 600, "the launcher to serve", 0.5)
+        assert self.process.poll() is None, self.log()
+
+    def ready(self) -> bool:
+        return _status(f"{self.url}/v2/health/ready") == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def tritonserver(self) -> psutil.Process:
+        (server,) = [c for c in psutil.Process(self.process.pid).children() if "tritonserver" in c.name()]
+        return server
+
+    def regions(self) -> set[str]:
+        """The shared-memory regions named by the launcher's stubs now."""
+        found = set()
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            found |= {arg for arg in child.cmdline() if arg.startswith(REGION_PREFIX)}
+        return found
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_repository, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("hostile") / "models"
+    shutil.copytree(tiny_repository, copy, copy_function=os.link)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def launcher(repository, tmp_path_factory):
+    served = Launcher(repository, tmp_path_factory.mktemp("hostile_log") / "launcher.log")
+    yield served
+    served.close()
+
+
+@pytest.mark.parametrize("hostile", CORPUS, ids=lambda h: h.name)
+def test_guard_answers_hostile_request_and_tritonserver_lives(launcher, hostile: Hostile):
+    server = launcher.tritonserver()
+    status, answer = send(launcher.ports["http"], hostile)
+    assert status == hostile.status, answer
+    assert set(answer) == {"error"} and hostile.expect in answer["error"], answer
+    assert launcher.ready(), launcher.log()
+    assert launcher.tritonserver().pid == server.pid, "tritonserver died of it: " + launcher.log()
+
+
+def test_guard_forwards_a_valid_request_in_many_chunks_and_keeps_the_connection(launcher):
+    """A real generation through the guard over HTTP, its body sent chunked; the same connection then
+    serves a second request (keep-alive)."""
+    from openspeedy.client import Client
+
+    with Client(launcher.url.removeprefix("http://"), "http", timeout_s=120) as client:
+        for seed in (1, 2):
+            video = client.generate(IMAGE, "a boat", num_frames=2, height=32, width=40, num_inference_steps=1,
+                                    seed=seed)
+            assert video.frames.shape == (2, 32, 40, 3) and video.frames.dtype == np.uint8
+
+
+def _kill_and_watch(launcher: Launcher) -> tuple[list, set[str]]:
+    """SIGSEGV to tritonserver; returns the readiness answers seen until it is ready again, and the regions
+    its stubs had."""
+    regions = launcher.regions()
+    assert regions, "the stubs name their shared-memory regions"
+    server = launcher.tritonserver()
+    server.send_signal(signal.SIGSEGV)
+    server.wait(30)  # Triton's handler catches it and may hang: the launcher must end it
+    seen: list = []
+
+    def back() -> bool:
+        seen.append(_status(f"{launcher.url}/v2/health/ready"))
+        return seen[-1] == 200 or launcher.process.poll() is not None
+
+    _wait_for(back, 400, "the launcher to restart tritonserver", 0.3)
+    return seen, regions
+
+
+def test_launcher_restarts_a_crashed_tritonserver_then_gives_up_on_a_crash_loop(repository, tmp_path):
+    served = Launcher(repository, tmp_path / "launcher.log", "--max-crashes", "2")
+    try:
+        first = served.tritonserver()
+        seen, regions = _kill_and_watch(served)
+        assert served.process.poll() is None, served.log()
+        assert seen[-1] == 200 and seen[0] != 200, f"readiness while tritonserver was down: {seen}"
+        assert "tritonserver died (signal SIGSEGV)" in served.log()
+        assert served.tritonserver().pid != first.pid
+        left = {r for r in regions if (Path("/dev/shm") / r).exists()}
+        assert not left, f"the crashed server's shared memory was left: {left}"
+        assert served.regions() and not served.regions() & regions
+
+        # It serves again, through the guard and gRPC.
+        from openspeedy.client import Client
+
+        with Client(f"127.0.0.1:{served.ports['grpc']}", "grpc", timeout_s=120) as client:
+            assert client.generate(IMAGE, "again", num_frames=2, height=32, width=40, num_inference_steps=1,
+                                   seed=3).frames.shape == (2, 32, 40, 3)
+
+        # The second death within the window: the launcher exits non-zero, leaving no shared memory.
+        regions = served.regions()
+        served.tritonserver().send_signal(signal.SIGSEGV)
+        assert served.process.wait(300) == 1, served.log()
+        assert "giving up: tritonserver died 2 times within 300 s" in served.log()
+        assert not {r for r in regions if (Path("/dev/shm") / r).exists()}
+    finally:
+        served.close()
+
+
+def _cancel_storm(grpc_port: int, cycles: int, limit_s: float) -> int:
+    """Starts a long stream request and cancels it, ``cycles`` times or for ``limit_s``; returns the cycles."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, value, datatype in (("IMAGE", np.array([IMAGE], dtype=np.object_), "BYTES"),
+                                  ("PROMPT", np.array([b"storm"], dtype=np.object_), "BYTES"),
+                                  ("NUM_INFERENCE_STEPS", np.array([50], dtype=np.int32), "INT32")):
+        tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    deadline = time.monotonic() + limit_s
+    done = 0
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        while done < cycles and time.monotonic() < deadline:
+            client.start_stream(callback=lambda result, error: None)
+            client.async_stream_infer("i2vgen_xl_stream", inputs)
+            time.sleep((done % 5) * 0.02)  # some cancelled while queued, some mid-step
+            client.stop_stream(cancel_requests=True)
+            done += 1
+    finally:
+        client.close()
+    return done
+
+
+def test_stop_after_a_cancel_storm_is_quick_and_leaves_no_shared_memory(repository, tmp_path):
+    # Triton's exit timeout well past the 10 s asked of the stop: a model that never unloads shows.
+    served = Launcher(repository, tmp_path / "launcher.log", "--exit-timeout-secs", "40")
+    try:
+        assert _cancel_storm(served.ports["grpc"], 200, 180) == 200
+        _wait_for(served.ready, 60, "readiness after the storm")
+        regions = served.regions()
+        served.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = served.process.wait(60)
+        took = time.monotonic() - started
+        assert code == 0, served.log()
+        assert took < 10, f"the stop took {took:.1f} s: {served.log()}"
+        assert not {r for r in regions if (Path("/dev/shm") / r).exists()}
+    finally:
+        served.close()
+
+
+def test_restricted_api_still_needs_the_key_through_the_guard(launcher):
+    request = urllib.request.Request(f"{launcher.url}/v2/repository/index", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
