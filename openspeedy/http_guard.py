@@ -212,7 +212,10 @@ class HttpGuard:
         self._session = aiohttp.ClientSession(
             f"http://{self.upstream}", auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0))
+            # No idle connections to tritonserver: on SIGTERM it waits for every open HTTP connection to close
+            # (up to its exit timeout), and a kept-alive idle one would hold a stop for seconds. Keep-alive stays
+            # on the public side; a loopback connect per request costs little.
+            connector=aiohttp.TCPConnector(limit=0, force_close=True))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()

@@ -31,7 +31,9 @@ import psutil
 from openspeedy.watchdog import EXPLICIT_MODEL_CONTROL, StubWatchdog, remove_region, stub_region
 
 CONTAINER_ROOT = Path("/opt/tritonserver")
-FATAL_SIGNAL_LINE = re.compile(rb"^Signal \((\d+)\) received\.")  # tritonserver's fatal-signal handler
+# Tritonserver's fatal-signal handler (SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV); its SIGINT/SIGTERM handler
+# prints the same words for 2 and 15 before its orderly stop.
+FATAL_SIGNAL_LINE = re.compile(rb"^Signal \(([4678]|11)\) received\.")
 
 # Triton's admin protocols, refused without the admin key (docs/security.md says why each one):
 # model-repository (load/unload/index: one anonymous unload took the service down), shared-memory
@@ -318,7 +320,7 @@ class TritonServer:
 
         Triton catches SIGSEGV (and SIGABRT, SIGBUS, SIGFPE, SIGILL), prints "Signal (11) received." and then
         may hang in that handler, still answering ready: seen with a SIGSEGV sent to it. That line is as good
-        as its death. Its SIGTERM/SIGINT handler prints "Interrupt signal (15) received." instead."""
+        as its death."""
         sink = self._log if self._log is not None else getattr(sys.stdout, "buffer", None)
         for line in iter(output.readline, b""):
             match = FATAL_SIGNAL_LINE.match(line)
