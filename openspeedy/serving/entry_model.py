@@ -84,6 +84,11 @@ class EntryModel:
 
     def generate(self, request, on_progress=None) -> list:
         """Runs one request to its output tensors; ``on_progress(done, total)`` after each step."""
+        if request.is_cancelled():
+            # Cancelled while it waited in the queue: answered now, not after its encoders and first step (a
+            # storm of cancelled streams otherwise keeps a stop waiting for each queued one to get that far).
+            pb_utils.Logger.log_info(f"{self.model_name}: request cancelled before it started; not run")
+            raise GenerationStopped("request cancelled before it started", _code("CANCELLED"))
         generation = parse_request(read_inputs(request, I2VGEN_XL, as_numpy=True), self.settings)
         limit = self.settings.max_request_seconds
         started = last_step = time.monotonic()
