@@ -34,6 +34,10 @@ CONTAINER_ROOT = Path("/opt/tritonserver")
 # Tritonserver's fatal-signal handler (SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV); its SIGINT/SIGTERM handler
 # prints the same words for 2 and 15 before its orderly stop.
 FATAL_SIGNAL_LINE = re.compile(rb"^Signal \(([4678]|11)\) received\.")
+# Logged once every request in flight has finished at a stop: from then on only the models' unloading is left.
+UNLOADING_LINE = re.compile(rb'.*"All models are stopped, unloading models"')
+# How long that unloading may take before the launcher ends the server: seconds on CPU and GPU alike.
+UNLOAD_GRACE_S = 5.0
 
 # Triton's admin protocols, refused without the admin key (docs/security.md says why each one):
 # model-repository (load/unload/index: one anonymous unload took the service down), shared-memory
@@ -207,6 +211,7 @@ class TritonServer:
         self._regions: set[str] = set()  # the stubs' shared-memory regions seen, removed once the server is gone
         self._stop_requested = threading.Event()
         self.fatal_signal = 0  # the signal tritonserver's handler said it caught (_copy_output)
+        self._unloading_since = 0.0  # when tritonserver said it had only its models' unloading left
         self._log = None
 
     @property
@@ -293,6 +298,7 @@ class TritonServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
         self.fatal_signal = 0
+        self._unloading_since = 0.0
         self.process = subprocess.Popen(
             self.command(install),
             env=self.environment(install),
@@ -326,6 +332,8 @@ class TritonServer:
             match = FATAL_SIGNAL_LINE.match(line)
             if match:
                 self.fatal_signal = int(match.group(1))
+            if UNLOADING_LINE.match(line):
+                self._unloading_since = time.monotonic()
             try:
                 if sink is None:
                     sys.stdout.write(line.decode(errors="replace"))
@@ -396,12 +404,10 @@ class TritonServer:
             self._regions |= self.watchdog.known_regions()
             self.watchdog = None
         self._learn_regions()
+        hung_unloading = False
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"openspeedy: tritonserver did not stop within {timeout:.0f} s; killing it", flush=True)
+            hung_unloading = self._wait_for_stop(timeout)
         # Whatever is left of the group (a hung server, or the stubs a crashed one orphaned) goes with it.
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -413,7 +419,29 @@ class TritonServer:
             print(f"openspeedy: removed {len(removed)} shared-memory region(s) tritonserver left in /dev/shm",
                   flush=True)
         self._regions.clear()
-        return self.process.returncode
+        # Every request had finished and every other model had unloaded: nothing was lost, the stop is clean.
+        return 0 if hung_unloading else self.process.returncode
+
+    def _wait_for_stop(self, timeout: float) -> bool:
+        """Waits for tritonserver to exit after SIGTERM; True if it was ended for hanging in its unloading.
+
+        After a storm of cancelled gRPC streams (hundreds started and cancelled at once), Triton 2.51 finishes
+        every request, unloads every model but the decoupled stream model, and then waits for that one for
+        its whole exit timeout (the python backend's stub is then killed and its /dev/shm region left). No
+        request is in flight by then, so the launcher gives the unloading UNLOAD_GRACE_S and ends it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.process.wait(0.2)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            if self._unloading_since and time.monotonic() - self._unloading_since > UNLOAD_GRACE_S:
+                print(f"openspeedy: tritonserver finished every request but its models did not unload within "
+                      f"{UNLOAD_GRACE_S:g} s; ending it", flush=True)
+                return True
+        print(f"openspeedy: tritonserver did not stop within {timeout:.0f} s; killing it", flush=True)
+        return False
 
     def restart_after_crash(self, timeout: float = 300.0) -> None:
         """Cleans up after a tritonserver that died (its orphaned stubs, their shared memory) and starts a new
