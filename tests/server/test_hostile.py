@@ -23,30 +23,12 @@ import pytest
 from openspeedy.watchdog import REGION_PREFIX
 from tests.helpers import encode, free_port, random_image
 from tests.server.hostile_corpus import CORPUS, Hostile, send
+from tests.server.test_faults import _status, _wait_until
 
 pytestmark = pytest.mark.server
 
 MAX_BODY_BYTES = 4 * 2**20  # the corpus's oversized bodies are larger; its forwarded ones are smaller
 IMAGE = encode(random_image(64, 48, seed=71))
-
-
-def _status(url: str) -> int | str:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-        return type(error).__name__
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Launcher:
@@ -64,7 +46,7 @@ class Launcher:
              "--metrics-port", str(self.ports["metrics"]), "--exit-timeout-secs", "5",
              "--max-body-bytes", str(MAX_BODY_BYTES), *args],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for(lambda: self.process.poll() is not None or self.ready(), 600, "the launcher to serve", 0.5)
+        _wait_until(lambda: self.process.poll() is not None or self.ready(), 600, "the launcher to serve", 0.5)
         assert self.process.poll() is None, self.log()
 
     def ready(self) -> bool:
@@ -145,7 +127,7 @@ def _kill_and_watch(launcher: Launcher) -> tuple[list, set[str]]:
         seen.append(_status(f"{launcher.url}/v2/health/ready"))
         return seen[-1] == 200 or launcher.process.poll() is not None
 
-    _wait_for(back, 400, "the launcher to restart tritonserver", 0.3)
+    _wait_until(back, 400, "the launcher to restart tritonserver", 0.3)
     return seen, regions
 
 
@@ -210,7 +192,7 @@ def test_stop_after_a_cancel_storm_is_quick_and_leaves_no_shared_memory(reposito
     served = Launcher(repository, tmp_path / "launcher.log", "--exit-timeout-secs", "40")
     try:
         assert _cancel_storm(served.ports["grpc"], 200, 180) == 200
-        _wait_for(served.ready, 60, "readiness after the storm")
+        _wait_until(served.ready, 60, "readiness after the storm")
         regions = served.regions()
         served.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
