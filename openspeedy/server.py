@@ -440,7 +440,8 @@ class TritonServer:
                 print(f"openspeedy: tritonserver finished every request but its models did not unload within "
                       f"{UNLOAD_GRACE_S:g} s; ending it", flush=True)
                 return True
-        print(f"openspeedy: tritonserver did not stop within {timeout:.0f} s; killing it", flush=True)
+        if timeout > 0:  # 0: a dead or hung server after a crash, ended without waiting
+            print(f"openspeedy: tritonserver did not stop within {timeout:.0f} s; killing it", flush=True)
         return False
 
     def restart_after_crash(self, timeout: float = 300.0) -> None:
@@ -503,9 +504,15 @@ def serve_forever(server: TritonServer) -> int:
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
-        print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",
-              flush=True)
+        try:
+            server.start()
+            print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",
+                  flush=True)
+        except (RuntimeError, TimeoutError) as error:
+            if isinstance(error, StopRequested) or not server.died():
+                raise  # no server process at all (none installed): nothing to restart
+            # Died while starting (a crash as any other, counted below), or never got ready (ended by start()).
+            print(f"openspeedy: {error}", file=sys.stderr, flush=True)
         while not stopping:
             if server.watchdog is not None and server.watchdog.gave_up:
                 # A model that cannot come back: exit, so that the container (or the operator) restarts us.
