@@ -10,8 +10,8 @@ HTTP front end):
 - an integer out of its datatype's range in JSON data is truncated (2^32+3 for INT32 runs as 3).
 
 Triton 2.51 has no option against any of these: ``--http-max-input-size`` (a bound on the HTTP body)
-appeared in later releases and ``tritonserver --help`` of 2.51 does not list it; nothing bounds a shape, a
-chunk count or an inflated size, or checks an integer's range. So the launcher runs tritonserver's HTTP
+appeared in later releases (the launcher passes it where ``tritonserver --help`` lists it; 2.51's does
+not); nothing bounds a shape or checks an integer's range. So the launcher runs tritonserver's HTTP
 endpoint on a private loopback port and serves the public one with this guard (aiohttp, server and
 client): it reads each request body, counting bytes as they arrive whatever the framing (Content-Length,
 chunked) and after inflating gzip/deflate, refuses a body over the limit, checks the JSON header of an

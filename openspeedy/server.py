@@ -8,6 +8,7 @@ it, so a backend directory is assembled once in a cache folder.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -183,6 +184,23 @@ class ServerOptions:
     crash_window_s: float = 300.0
 
 
+def supports_flag(install: TritonInstall, flag: str) -> bool:
+    """Whether this tritonserver knows ``flag`` (its --help lists it): e.g. --http-max-input-size, which
+    Triton 2.51 lacks and later releases have."""
+    return flag in _help_text(str(install.binary), os.pathsep.join(str(p) for p in install.library_paths))
+
+
+@functools.lru_cache(maxsize=None)
+def _help_text(binary: str, library_path: str) -> str:
+    paths = [library_path, os.environ.get("LD_LIBRARY_PATH", "")]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(p for p in paths if p))
+    try:
+        result = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout + result.stderr
+
+
 def _has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
 
@@ -260,6 +278,7 @@ class TritonServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             *self.restriction_flags(),
+            *self.body_limit_flags(install),
             *(f"--cuda-memory-pool-byte-size={gpu}:{o.cuda_memory_pool_bytes}" for gpu in range(_gpu_count())),
             *(EXPLICIT_MODEL_CONTROL if o.restart_dead_stubs else ()),
             *o.extra_args,
@@ -269,6 +288,12 @@ class TritonServer:
         """The command, for logs: the admin key replaced."""
         command = self.command(find_triton(self.options.triton_root))
         return [arg.replace(self.admin_key, "<admin key>") for arg in command]
+
+    def body_limit_flags(self, install: TritonInstall) -> list[str]:
+        """Triton's own bound on an HTTP body where it has one (not 2.51), the same as the guard's."""
+        if supports_flag(install, "--http-max-input-size"):
+            return [f"--http-max-input-size={self.options.max_body_bytes}"]
+        return []
 
     def restriction_flags(self) -> list[str]:
         restriction = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_KEY_HEADER}={self.admin_key}"
