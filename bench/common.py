@@ -21,11 +21,25 @@ import torch
 
 from openspeedy.local_models import LocalModels
 from openspeedy.pipeline import I2VGenXL, posterior_seed
+from openspeedy.unet.options import UNetOptions, parse
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 RANDOM_WEIGHTS_NOTE = (
     "full-size I2VGen-XL architecture, RANDOM fp16 weights: real speed and memory, meaningless pictures")
 DEFAULT_CHECKPOINT = Path("/tmp/i2vgen_xl_full_random")
+
+
+def unet_variants(spellings: str, ablate: str = "") -> dict[str, UNetOptions]:
+    """The UNet options a benchmark runs, by name. ``spellings`` are openspeedy.unet.options spellings
+    separated by ``;`` (one spelling holds commas: ``eager;fast;fast,-fused_residuals``). ``ablate`` (a
+    spelling) adds itself, then itself without each technique that is on in it, one a row, in the order
+    applied (``UNetOptions.without``: a technique's dependants go with it)."""
+    variants = {spelling.strip(): parse(spelling.strip()) for spelling in spellings.split(";") if spelling.strip()}
+    if ablate:
+        base = parse(ablate)
+        variants[ablate] = base
+        variants |= {f"{ablate},-{name}": base.without(name) for name in base.techniques_on}
+    return variants
 
 
 def synchronize() -> None:

@@ -4,7 +4,9 @@ process on the same weights, seed and noise, 50 steps:
 - ``diffusers``: diffusers' I2VGenXLPipeline, eager (SDPA): the reference;
 - ``diffusers-compile``: the same with ``pipe.unet.fuse_qkv_projections(); pipe.unet = torch.compile(pipe.unet)``,
   what a user who wants speed writes: the peer to beat;
-- ``openspeedy-<variant>``: OpenSpeedy's pipeline with each UNet runtime variant (openspeedy/unet/variants.py);
+- ``openspeedy-<variant>``: OpenSpeedy's pipeline with each set of UNet options, by its spelling
+  (openspeedy/unet/options.py; ``--variants`` separates spellings with ``;``, as one holds commas), the
+  UNet's recipe report (what each technique did at load) in the row;
 - ``openspeedy-<variant>+<mode>``: with an opt-in approximation of the request contract (feature reuse,
   guidance interval), reported with its error against OpenSpeedy's exact video.
 
@@ -12,7 +14,7 @@ Each row: seconds per video, speed-up against both diffusers rows, relative L2 o
 latents) against the eager reference, peak device memory, and the seconds to load and warm up (for the
 compiled rows, compilation). A 2-step video at the same size warms each pipeline up before the timed one.
 
-Usage: python -m bench.end_to_end --out DIR [--sizes 16x512x512,...] [--variants fast] [--modes reuse3,...]
+Usage: python -m bench.end_to_end --out DIR [--sizes 16x512x512,...] [--variants "fast;compile"] [--modes reuse3,...]
        [--vae-decoder-compile-mode default] [--vae-encoder-compile-mode default]
 Writes DIR/end_to_end.json after every measurement (a run cut short keeps what it measured).
 """
@@ -35,10 +37,12 @@ from bench.common import (
     run_openspeedy,
     run_reference,
     synchronize,
+    unet_variants,
     video_request,
 )
-from openspeedy.components import COMPONENT_CLASSES, load_component, parse_shapes
-from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
+from openspeedy.components import COMPONENT_CLASSES, load_component
+from openspeedy.model_parameters import parse_shapes
+from openspeedy.unet.options import PRESETS
 
 SIZES = "16x512x512,24x768x768,32x512x512,16x704x1280"
 
@@ -75,7 +79,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--sizes", default=SIZES, help="FRAMESxHEIGHTxWIDTH,...")
     parser.add_argument("--peers", default="diffusers,diffusers-compile")
-    parser.add_argument("--variants", default="fast", help=f"UNet runtime variants, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="fast",
+                        help=f"UNet option spellings separated by ';', each a preset ({', '.join(PRESETS)}) and edits")
     parser.add_argument("--modes", default="", help=f"opt-in approximations on the last variant, of {', '.join(MODES)}")
     parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
                         help="OpenSpeedy's decoder compiled (its vae_decoder config parameter compile_mode)")
@@ -86,9 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     dtype = ensure_checkpoint(args.checkpoint, args.smoke)
     dtype_name = str(dtype).removeprefix("torch.")
-    variants = [name for name in args.variants.split(",") if name]
+    variants = unet_variants(args.variants)
     modes = [name for name in args.modes.split(",") if name]
-    results = Results(args.out / "end_to_end.json", steps=args.steps, variants={n: VARIANTS[n] for n in variants},
+    results = Results(args.out / "end_to_end.json", steps=args.steps,
+                      variants={name: options.as_parameters() for name, options in variants.items()},
                       modes={n: MODE_NOTES[n] for n in modes}, vae_decoder_compile_mode=args.vae_decoder_compile_mode,
                       vae_encoder_compile_mode=args.vae_encoder_compile_mode, sizes=[])
     vae_options = {"vae_decoder": {"compile_mode": args.vae_decoder_compile_mode},
@@ -111,13 +117,14 @@ def main() -> None:
             reference[peer] = dict(seconds=seconds, video=video, latents=latents)
             torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
 
-        for variant in variants:
+        for variant, options in variants.items():
             started = time.perf_counter()
-            unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, VARIANTS[variant])
+            unet = load_component("unet", args.checkpoint, DEVICE, dtype_name, options.as_parameters())
             components = others | {"unet": unet}
             seconds, peak, exact, exact_latents = run_openspeedy(args.checkpoint, components, request, 1, warmup)
-            record(results, row, reference, f"openspeedy-{variant}", started, seconds, peak, exact, exact_latents)
-            if variant != variants[-1]:
+            record(results, row, reference, f"openspeedy-{variant}", started, seconds, peak, exact, exact_latents,
+                   recipe=unet.recipe_report)
+            if variant != list(variants)[-1]:
                 del unet, components
                 torch.cuda.empty_cache() if DEVICE.type == "cuda" else None
                 continue

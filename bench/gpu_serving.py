@@ -12,7 +12,7 @@ imposes), with that UNet's CPU and GPU time per call. --unet-timings serves the 
 through bench/diagnostics/timed_unet_model.py, which records the same from inside its stub and profiles
 three calls on both sides; --in-process-after measures in process again once the server has stopped (the GPU's drift).
 
-Usage: python -m bench.gpu_serving --out DIR [--requests 3] [--steps 50] [--unet-compile-mode MODE]
+Usage: python -m bench.gpu_serving --out DIR [--requests 3] [--steps 50] [--unet-options SPELLING]
        [--unet-timings] [--in-process-after] [--served-only] [--stream] [--compile-cache-dir DIR]
 """
 
@@ -47,6 +47,7 @@ from openspeedy.client.api import Client
 from openspeedy.components import COMPONENT_CLASSES, load_component
 from openspeedy.export.repository import ExportOptions, build_repository, model_configs
 from openspeedy.server import ServerOptions, TritonServer
+from openspeedy.unet.options import parse
 
 
 def step_histogram(metrics_url: str) -> tuple[float, float]:
@@ -191,7 +192,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--requests", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--unet-compile-mode", default="", help="torch.compile mode of the UNet, served and in process")
+    parser.add_argument("--unet-options", default="eager",
+                        help="the UNet's options, served and in process: eager, fast, fast,-cuda_graphs... "
+                             "(openspeedy/unet/options.py)")
     parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
                         help="torch.compile the VAE decoder, served and in process")
     parser.add_argument("--served-only", action="store_true",
@@ -212,13 +215,14 @@ def main() -> None:
 
     request = video_request(args.steps)
     size = f"{request.num_frames}x{request.height}x{request.width}"
-    compiles = args.unet_compile_mode or args.vae_decoder_compile_mode
-    export = ExportOptions(device="gpu", dtype="float16", unet_compile_mode=args.unet_compile_mode,
+    unet_options = parse(args.unet_options)
+    compiles = unet_options.compile_mode or args.vae_decoder_compile_mode
+    export = ExportOptions(device="gpu", dtype="float16", unet_options=unet_options,
                            vae_decoder_compile_mode=args.vae_decoder_compile_mode,
                            warmup_shapes=size if compiles else "", compile_cache_dir=args.compile_cache_dir)
     results = dict(device_description(
                        note=f"full-size architecture, RANDOM fp16 weights; {size}; UNet "
-                            f"{'torch.compile ' + args.unet_compile_mode if args.unet_compile_mode else 'eager'}"),
+                            f"{args.unet_options}"),
                    numpy=np.__version__, steps=args.steps)
 
     def save() -> None:

@@ -3,6 +3,7 @@ configured shape (what a model load with warm-up shapes costs), with Inductor's 
 (a first start) and kept from an earlier start (a restart with the cache on a volume).
 
 Usage: python -m bench.startup --out DIR [--variant fast] [--shape 16x512x512] [--cache-dir DIR] [--runs cold,warm]
+``--variant`` is a spelling of the UNet's options (openspeedy/unet/options.py): ``fast,-cuda_graphs``.
 Each start runs in its own process, so nothing but the on-disk cache carries over.
 """
 
@@ -16,12 +17,13 @@ import time
 from pathlib import Path
 
 from bench.common import DEFAULT_CHECKPOINT, Results
+from openspeedy.unet.options import parse
 
 START = """
 import time, torch
 from openspeedy.components import load_component
-from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
-options = dict(VARIANTS[{variant!r}], warmup_shapes={shape!r}, compile_cache_dir={cache!r})
+from openspeedy.unet.options import parse
+options = dict(parse({variant!r}).as_parameters(), warmup_shapes={shape!r}, compile_cache_dir={cache!r})
 load_component("unet", {checkpoint!r}, "cuda", "float16", options)
 torch.cuda.synchronize()
 """
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/openspeedy-inductor"))
     parser.add_argument("--runs", default="cold,warm", help="cold: empty the cache first; warm: keep it")
     args = parser.parse_args()
+    parse(args.variant)  # a bad spelling fails here, not in each start's process
     results = Results(args.out / "startup.json", variant=args.variant, shape=args.shape)
     for run in filter(None, args.runs.split(",")):
         if run == "cold":

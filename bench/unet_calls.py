@@ -1,4 +1,4 @@
-"""One UNet call (a CFG batch) per runtime variant on the GPU, full-size architecture with RANDOM weights:
+"""One UNet call (a CFG batch) per set of UNet options on the GPU, full-size architecture with RANDOM weights:
 ms per call, achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode on the eager model), peak memory,
 load-and-first-call seconds (compilation, capture) and the relative L2 of the output against eager; the
 shallow path of feature reuse next to the full one; the temporal attention kernel against PyTorch's SDPA
@@ -7,8 +7,12 @@ backends at the UNet's temporal shapes; optionally a kernel profile of some vari
 call's share of it compares with the card it ran on: the same model of card runs at different speeds
 on different machines.
 
-Usage: python -m bench.unet_calls --out DIR [--variants eager,fast] [--size 16x512x512] [--feature-reuse fast]
-       [--attention] [--profile fast] [--dtype float16]
+Usage: python -m bench.unet_calls --out DIR [--variants "eager;compile;fast"] [--ablate fast] [--size 16x512x512]
+       [--feature-reuse fast] [--attention] [--profile fast] [--dtype float16]
+``--variants`` takes option spellings (openspeedy/unet/options.py) separated by ``;``, since one spelling
+holds commas: ``"eager;fast;fast,-fused_residuals"``. ``--ablate fast`` runs ``fast``, then ``fast`` without
+each technique that is on in it, one a row (after the ``--variants``). Each row keeps the UNet's recipe
+report: what each technique did at load, or why it was skipped.
 Writes DIR/unet_calls.json after every measurement.
 """
 
@@ -29,17 +33,19 @@ from bench.common import (
     relative_l2,
     synchronize,
     timed,
+    unet_variants,
 )
-from openspeedy.components import load_component, parse_shapes
+from openspeedy.components import load_component
 from openspeedy.contracts import UNET
 from openspeedy.example_inputs import as_cfg_pair, example_inputs
-from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
+from openspeedy.model_parameters import parse_shapes
+from openspeedy.unet.options import PRESETS, UNetOptions
 
 
-def load(checkpoint: Path, variant: str, dtype: str):
+def load(checkpoint: Path, options: UNetOptions, dtype: str):
     synchronize()
     started = time.perf_counter()
-    unet = load_component("unet", checkpoint, DEVICE, dtype, VARIANTS[variant])
+    unet = load_component("unet", checkpoint, DEVICE, dtype, options.as_parameters())
     return unet, started
 
 
@@ -146,12 +152,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--variants", default="eager,fast", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="eager;fast",
+                        help=f"option spellings separated by ';', each a preset ({', '.join(PRESETS)}) and edits")
+    parser.add_argument("--ablate", default="", help="this spelling, then it without each of its techniques")
     parser.add_argument("--size", default="16x512x512", help="FRAMESxHEIGHTxWIDTH")
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"))
-    parser.add_argument("--feature-reuse", default="", help="variants whose shallow path is timed too")
+    parser.add_argument("--feature-reuse", default="", help="variants (spellings, ';') whose shallow path is timed too")
     parser.add_argument("--attention", action="store_true", help="temporal attention kernel against SDPA")
-    parser.add_argument("--profile", default="", help="variants whose kernels are profiled")
+    parser.add_argument("--profile", default="", help="variants (spellings, ';') whose kernels are profiled")
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
     args = parser.parse_args()
     ensure_checkpoint(args.checkpoint, args.smoke)
@@ -167,8 +175,8 @@ def main() -> None:
         rate_before = results["matrix_tflops_before"] = matrix_rate(getattr(torch, dtype))
 
     reference, flops, inputs = None, None, None
-    for variant in filter(None, args.variants.split(",")):
-        unet, started = load(args.checkpoint, variant, dtype)
+    for variant, options in unet_variants(args.variants, args.ablate).items():
+        unet, started = load(args.checkpoint, options, dtype)
         if inputs is None:
             # A CFG call as the pipeline makes it (the rows share the sample): what runtimes that compute
             # the shared layers once see in a video. FLOPs are counted for the pair in full.
@@ -177,15 +185,16 @@ def main() -> None:
             flops = count_unet_flops(unet, inputs)
             results["flops"] = flops
         row, out = call_row(unet, inputs, flops, started, reference, repeats, variant=variant,
-                            options=VARIANTS[variant])
+                            options=options.as_parameters())
+        row["recipe"] = unet.recipe_report  # after the first calls: what the compiler pass did is known
         if rate_before:
             row["share_of_matrix_rate"] = row["tflops"] / rate_before
         reference = out if reference is None else reference
         results.append("calls", row)
-        if variant in args.feature_reuse.split(","):
+        if variant in args.feature_reuse.split(";"):
             reuse = bench_feature_reuse(unet, inputs, reference, repeats)
             results.append("feature_reuse", dict(variant=variant, **reuse))
-        if variant in args.profile.split(",") and DEVICE.type == "cuda":
+        if variant in args.profile.split(";") and DEVICE.type == "cuda":
             profile_calls(unet, inputs, args.out / f"profile_{variant}_{args.size}.txt")
         del unet
         if DEVICE.type == "cuda":

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from openspeedy.model_config import flag
+from openspeedy.model_parameters import flag
 
 Entry = dict[str, torch.Tensor]
 

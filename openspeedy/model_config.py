@@ -1,4 +1,5 @@
-"""Triton ``config.pbtxt`` text rendered from a model's contract, so the two can never disagree."""
+"""Triton ``config.pbtxt`` text rendered from a model's contract, so the two can never disagree (at export;
+openspeedy.model_parameters reads the parameters at run time)."""
 
 from __future__ import annotations
 
@@ -47,21 +48,6 @@ class QueuePolicy:
             priority = (f"priority_levels: {self.priority_levels} default_priority_level: {self.priority_levels} "
                         f"priority_queue_policy {{ key: 1 value: {policy(self.high_priority_queue_size)} }} ")
         return f"dynamic_batching {{ {priority}default_queue_policy {policy(self.max_queue_size)} }}"
-
-
-def flag(parameters: Mapping[str, str], name: str, default: bool = False) -> bool:
-    """A boolean model config parameter (config parameters are strings)."""
-    return parameters.get(name, str(default)).lower() in ("1", "true", "yes", "on")
-
-
-def cfg_parallel_gpus(parameters: Mapping[str, str], own_gpu: int) -> tuple[int, int] | None:
-    """The GPUs of the two CFG-parallel halves for an orchestrator on ``own_gpu``: its own first, then the
-    next one listed in ``cfg_parallel_gpus`` (so each orchestrator keeps one half on its GPU); None where
-    fewer than two GPUs are listed or its own is not among them (the batched call then)."""
-    gpus = [int(g) for g in parameters.get("cfg_parallel_gpus", "").split(",") if g.strip()]
-    if len(gpus) < 2 or own_gpu not in gpus:
-        return None
-    return own_gpu, gpus[(gpus.index(own_gpu) + 1) % len(gpus)]
 
 
 def _tensor(spec: TensorSpec, is_input: bool) -> str:

@@ -1,5 +1,5 @@
 """Helpers the tests import: images to send, free ports, a port forwarder, config.pbtxt parsing against a
-contract, the skip mark of tests that need a QuACK kernel."""
+contract, the skip mark of tests that need a QuACK kernel, calls into diffusers' UNet."""
 
 from __future__ import annotations
 
@@ -129,3 +129,24 @@ def needs_quack_kernel(kernel_unavailable, kernel: str):
         why = kernel_unavailable(torch.device("cuda"), torch.float16)
         reason = None if why is None else f"{kernel} cannot run: {why}"
     return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def diffusers_call(unet, inputs):
+    """diffusers' UNet forward on the `unet` contract's inputs: the noise prediction."""
+    return unet(inputs["SAMPLE"], inputs["TIMESTEP"], fps=inputs["FPS"], image_latents=inputs["IMAGE_LATENTS"],
+                image_embeddings=inputs["IMAGE_EMBEDDINGS"], encoder_hidden_states=inputs["ENCODER_HIDDEN_STATES"],
+                return_dict=False)[0]
+
+
+def forward_arguments(inputs):
+    """The `unet` contract's inputs in the order of the staged forward's and feature reuse's arguments."""
+    return (inputs["SAMPLE"], inputs["TIMESTEP"], inputs["FPS"], inputs["IMAGE_LATENTS"], inputs["IMAGE_EMBEDDINGS"],
+            inputs["ENCODER_HIDDEN_STATES"])
+
+
+class ConvInRows:
+    """Counts the rows a UNet's input convolution sees (frames x CFG rows computed)."""
+
+    def __init__(self, unet):
+        self.rows = []
+        unet.conv_in.register_forward_hook(lambda _m, args, _out: self.rows.append(args[0].shape[0]))

@@ -1,5 +1,5 @@
 """The GEGLU epilogue with the CuTe DSL's own erf (``quack.activation.gelu_erf``), the kernel's GELU before
-openspeedy/unet/geglu_kernel.py had its own: bench/diagnostics/geglu_probe.py times the two side by side.
+openspeedy/unet/fused_geglu_kernel.py had its own: bench/diagnostics/geglu_probe.py times the two side by side.
 It imports QuACK, so the probe imports it only on a GPU where the kernel runs."""
 
 from quack.activation import gelu_erf

@@ -1,4 +1,4 @@
-"""The GEGLU inside its matrix product (QuACK's kernel, openspeedy/unet/geglu.py) against what a compiled
+"""The GEGLU inside its matrix product (QuACK's kernel, openspeedy/unet/fused_geglu.py) against what a compiled
 UNet runs for it (cuBLAS's projection, then Inductor's ``gelu * mul``) and against cuBLAS's projection
 alone, and against the same kernel with the CuTe DSL's own erf in its epilogue (``--library-erf``), at
 every feed-forward shape of one UNet CFG call: full-size I2VGen-XL architecture with RANDOM fp16
@@ -24,9 +24,9 @@ from diffusers.models.activations import GEGLU
 
 from bench.common import DEVICE, Results, relative_l2, synchronize
 from bench.diagnostics.lossless_probe import unet_inputs
-from openspeedy.components import parse_shapes
 from openspeedy.export.random_checkpoint import FULL_SIZE
-from openspeedy.unet.geglu import pair_rows, paired_geglu, reference_geglu
+from openspeedy.model_parameters import parse_shapes
+from openspeedy.unet.fused_geglu import pair_rows, paired_geglu, reference_geglu
 
 
 def feed_forward_shapes(unet: I2VGenXLUNet, inputs: dict) -> list[dict]:
@@ -57,7 +57,7 @@ def main() -> None:
     variants = {}
     if args.library_erf:
         from bench.diagnostics.geglu_library_erf import library_erf_epilogue
-        from openspeedy.unet.geglu_kernel import geglu_rows
+        from openspeedy.unet.fused_geglu_kernel import geglu_rows
 
         variants["library_erf"] = functools.partial(geglu_rows, epilogue=library_erf_epilogue)
     (frames, height, width), = parse_shapes(args.size)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import DEVICE, Results, synchronize
-from openspeedy.unet.layout import channels_last_temporal_convs, temporal_convs_as_2d, to_channels_last
+from openspeedy.unet.layout import channels_last, channels_last_temporal_convs, temporal_conv2d
 
 SETTINGS = {"default": {}, "prefer_nd_tiling": {"triton.prefer_nd_tiling": True},
             "coordinate_descent": {"coordinate_descent_tuning": True}}
@@ -40,8 +40,8 @@ class TemporalConvInput(nn.Module):
         super().__init__()
         conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
         self.conv1 = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(), conv)
-        temporal_convs_as_2d(self)
-        to_channels_last(self)
+        temporal_conv2d(self)
+        channels_last(self)
         channels_last_temporal_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,8 @@ from diffusers import AutoencoderKL, I2VGenXLUNet
 
 from bench.common import DEVICE, Results, timed
 from openspeedy.export.random_checkpoint import FULL_SIZE, TINY
-from openspeedy.unet.layout import temporal_convs_as_2d, to_channels_last
-from openspeedy.unet.temporal_attention import use_temporal_attention_kernel
+from openspeedy.unet.layout import channels_last, temporal_conv2d
+from openspeedy.unet.temporal_attention import use_temporal_attention
 
 
 def unet_inputs(unet: I2VGenXLUNet, frames: int, latent: int, batch: int, dtype) -> dict:
@@ -132,9 +132,9 @@ def probe_unet(results: Results, architecture, frames: int, latent: int, dtype, 
         unet = I2VGenXLUNet(in_channels=4, out_channels=4, **architecture.unet).to(dtype).eval()
     unet.fuse_qkv_projections()
     if DEVICE.type == "cuda":
-        use_temporal_attention_kernel(unet)
-    temporal_convs_as_2d(unet)
-    to_channels_last(unet)
+        use_temporal_attention(unet)
+    temporal_conv2d(unet)
+    channels_last(unet)
     inputs = unet_inputs(unet, frames, latent, 2, dtype)
 
     def forward():

@@ -26,10 +26,11 @@ from bench.common import (
     timed,
     video_request,
 )
-from openspeedy.components import COMPONENT_CLASSES, load_component, parse_shapes
+from openspeedy.components import COMPONENT_CLASSES, load_component
 from openspeedy.decoding import ChunkedDecoder
 from openspeedy.local_models import LocalModels
-from openspeedy.unet.variants import TORCH_VARIANTS as VARIANTS
+from openspeedy.model_parameters import parse_shapes
+from openspeedy.unet.options import PRESETS, parse
 
 
 class TimedModels(LocalModels):
@@ -52,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--variant", default="fast", help=f"UNet runtime variant, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variant", default="fast",
+                        help=f"UNet options: a preset ({', '.join(PRESETS)}) and edits (openspeedy/unet/options.py)")
     parser.add_argument("--size", default="16x512x512", help="FRAMESxHEIGHTxWIDTH of the video")
     parser.add_argument("--chunks", default="16,8", help="decode chunk sizes to time besides the automatic one")
     parser.add_argument("--vae-decoder-compile-mode", default="default", choices=("", "default"))
@@ -62,13 +64,14 @@ def main() -> None:
     (frames, height, width), = parse_shapes(args.size)
     dtype = ensure_checkpoint(args.checkpoint, args.smoke)
     dtype_name = str(dtype).removeprefix("torch.")
+    unet_options = parse(args.variant).as_parameters()
     results = Results(args.out / "pipeline_phases.json", size=args.size, steps=args.steps, variant=args.variant,
-                      unet_options=VARIANTS[args.variant], vae_decoder_compile_mode=args.vae_decoder_compile_mode)
+                      unet_options=unet_options, vae_decoder_compile_mode=args.vae_decoder_compile_mode)
 
     started = time.perf_counter()
     components = {
         name: load_component(name, args.checkpoint, DEVICE, dtype_name,
-                             VARIANTS[args.variant] if name == "unet"
+                             unet_options if name == "unet"
                              else {"compile_mode": args.vae_decoder_compile_mode} if name == "vae_decoder" else None)
         for name in COMPONENT_CLASSES
     }

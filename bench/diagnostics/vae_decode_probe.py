@@ -17,13 +17,13 @@ import torch
 from diffusers import AutoencoderKL
 
 from bench.common import DEFAULT_CHECKPOINT, DEVICE, Results, ensure_checkpoint, relative_l2, synchronize, timed
-from openspeedy.components import parse_shapes
 from openspeedy.decoding import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DEFAULT_TILE_ABOVE_PIXELS,
     ChunkedDecoder,
     frames_to_uint8,
 )
+from openspeedy.model_parameters import parse_shapes
 
 
 def decode_all(decode, latents: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from openspeedy.unet.variants import RUNTIMES
+from openspeedy.unet.options import PRESETS, RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep torch.compile's caches (Inductor, Triton) here: a restart skips most compilation")
     parser.add_argument("--warmup-feature-reuse", action="store_true",
                         help="warm-up also compiles the UNet paths of FEATURE_REUSE_INTERVAL (an opt-in approximation)")
-    parser.add_argument("--unet-compile-mode", default="", choices=("", "default", "max-autotune", "reduce-overhead"),
-                        help="torch.compile the PyTorch UNet (GPU); empty: eager")
+    parser.add_argument("--unet-options", default=None, metavar="SPELLING",
+                        help=f"the PyTorch UNet's techniques: a preset ({', '.join(PRESETS)}), then edits: "
+                             "fast,-fused_residuals or fast,+inductor_options=NAME=VALUE (openspeedy/unet/options.py; "
+                             "default: fast on gpu, eager on cpu)")
     parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
                         help="torch.compile the VAE decoder network (each chunk shape compiles once; "
                              "about half its time on an H200); empty: eager")
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> Path:
     from openspeedy.export.tensorrt_engine import profile_from_arguments, require_tensorrt
     from openspeedy.model_config import QueuePolicy
 
+    unet = unet_options(args)  # a bad spelling fails before any work
     if args.unet_runtime == "tensorrt":
         require_tensorrt()  # refuse before minutes of export work
     if args.tiny:
@@ -97,10 +100,9 @@ def run(args: argparse.Namespace) -> Path:
         unet_runtime=args.unet_runtime,
         unet_profile=profile_from_arguments(args),
         warmup_shapes=args.warmup_shapes,
-        unet_compile_mode=args.unet_compile_mode,
+        unet_options=unet,
         vae_decoder_compile_mode=args.vae_decoder_compile_mode,
         vae_encoder_compile_mode=args.vae_encoder_compile_mode,
-        warmup_feature_reuse=args.warmup_feature_reuse,
         compile_cache_dir=args.compile_cache_dir,
         queue=QueuePolicy(max_queue_size=args.max_queue_size, priority_levels=2 if args.priority else 0,
                           high_priority_queue_size=args.high_priority_queue_size),
@@ -112,6 +114,21 @@ def run(args: argparse.Namespace) -> Path:
         ),
     )
     return build_repository(checkpoint, args.output, options)
+
+
+def unet_options(args: argparse.Namespace):
+    """``--unet-options`` as UNetOptions (``--warmup-feature-reuse`` joins them); a bad spelling exits
+    with the error, which names the option it does not know."""
+    from openspeedy.unet.options import parse
+
+    if args.unet_options and args.unet_runtime != "torch":
+        raise SystemExit(f"--unet-options are the torch runtime's, not {args.unet_runtime}'s")
+    spelling = args.unet_options or ("fast" if args.device == "gpu" and args.unet_runtime == "torch" else "eager")
+    try:
+        options = parse(spelling)
+    except ValueError as error:
+        raise SystemExit(f"--unet-options: {error}") from None
+    return dataclasses.replace(options, feature_reuse=True) if args.warmup_feature_reuse else options
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,19 +7,16 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from openspeedy import contracts
-from openspeedy.cache import CacheSettings, fingerprint_files
+from openspeedy.cache import fingerprint_files
 from openspeedy.component_limits import ComponentLimits
 from openspeedy.components import COMPONENT_CLASSES
-from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS
 from openspeedy.export import unet_repository
-from openspeedy.export.tensorrt_engine import UNetProfile
+from openspeedy.export.options import ExportOptions
 from openspeedy.model_config import InstanceGroup, QueuePolicy, render_config
 from openspeedy.request import RequestSettings
-from openspeedy.unet.variants import compiled_serving_options
 
 # The adapters (model.py) live in the source tree's model_repository/, next to this package folder.
 SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -40,48 +37,6 @@ TINY_SETTINGS = RequestSettings(
     # A tiny request takes about a second on an idle CPU; a busy 2-core machine needs minutes for its largest.
     max_request_seconds=300.0,
 )
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    device: str = "cpu"  # cpu or gpu: the instance kind of every model
-    gpus: tuple[int, ...] = ()  # with gpu: the devices to place instances on (empty = all)
-    dtype: str = "float32"  # what the components compute in (float16/bfloat16 on GPUs)
-    # Requests the orchestrator works on at once. Each instance is a process with its own local cache
-    # (Redis shares one across instances and replicas); on one GPU a second instance interleaves UNet
-    # calls, adding latency without throughput.
-    entry_instances: int = 1
-    component_instances: int = 1
-    decode_memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
-    decode_tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
-    settings: RequestSettings = field(default_factory=RequestSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    queue: QueuePolicy = field(default_factory=QueuePolicy)
-    warmup_shapes: str = ""  # "FRAMESxHEIGHTxWIDTH,...": compiled and measured at load, not at the first request
-    compile_cache_dir: str = ""  # torch runtime: Inductor's and Triton's caches here (a volume), for fast restarts
-    warmup_feature_reuse: bool = False  # warm-up also prepares FEATURE_REUSE_INTERVAL's paths (longer load)
-    unet_compile_mode: str = ""  # torch runtime: "" (eager), "default", "max-autotune", "reduce-overhead"
-    vae_decoder_compile_mode: str = ""  # "" (eager) or "default": torch.compile of the decoder network
-    vae_encoder_compile_mode: str = ""  # "" (eager) or "default": torch.compile of the encoder network
-    unet_runtime: str = "torch"  # torch | onnxruntime | tensorrt (openspeedy/export/unet_repository.py)
-    unet_profile: UNetProfile = field(default_factory=UNetProfile)  # shapes the TensorRT engine serves
-    # With several GPUs: one copy of each component per GPU in ``gpus`` (contracts.gpu_model_name),
-    # and the orchestrators on each GPU call their own GPU's copies, so no tensor crosses GPUs.
-    per_gpu_components: bool = False
-    # The two guidance halves of each UNet call as two concurrent requests, one per `unet` instance: two
-    # CPU instances, or one per GPU of ``gpus`` (docs/multi_gpu.md). One GPU named: the batched call.
-    cfg_parallel: bool = False
-
-    def __post_init__(self):
-        if self.per_gpu_components and (self.device != "gpu" or not self.gpus):
-            raise ValueError("per_gpu_components needs device 'gpu' and the GPUs named (gpus, --gpus 0,1)")
-        if self.cfg_parallel and self.device == "gpu" and not self.gpus:
-            raise ValueError("cfg_parallel on device 'gpu' needs the GPUs of the two halves named (gpus, --gpus 0,1)")
-
-    @property
-    def halves_in_parallel(self) -> bool:
-        """cfg_parallel where it can take effect: on CPU, or with two or more GPUs."""
-        return self.cfg_parallel and (self.device != "gpu" or len(self.gpus) >= 2)
 
 
 def _cfg_parallel_parameters(options: ExportOptions) -> dict[str, str]:
@@ -150,15 +105,12 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
                         contracts.VAE_ENCODER: options.vae_encoder_compile_mode}.get(contract, "")
     if options.warmup_shapes and (contract in (contracts.UNET, contracts.VAE_DECODER) or vae_compile_mode):
         parameters["warmup_shapes"] = options.warmup_shapes
-    if contract is contracts.UNET and options.unet_compile_mode:
-        # The fastest benchmarked compiled variant (openspeedy/unet/variants.py).
-        parameters |= compiled_serving_options(options.unet_compile_mode)
+    if contract is contracts.UNET:
+        parameters |= options.unet_options.as_parameters()
     if vae_compile_mode:
         parameters["compile_mode"] = vae_compile_mode
     if options.compile_cache_dir and (contract is contracts.UNET or "compile_mode" in parameters):
         parameters["compile_cache_dir"] = options.compile_cache_dir
-    if contract is contracts.UNET and options.warmup_feature_reuse:
-        parameters["feature_reuse"] = "true"  # the warm-up shapes also compile feature reuse's two paths
     if contract is contracts.VAE_DECODER:
         parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
         parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
@@ -182,10 +134,12 @@ def write_source_configs(source_repository: Path = SOURCE_REPOSITORY) -> None:
 def build_repository(
     checkpoint: Path,
     output: Path,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions | None = None,
     source_repository: Path = SOURCE_REPOSITORY,
 ) -> Path:
-    """Copies the adapters, places the weights and writes each model's config into ``output``."""
+    """Copies the adapters, places the weights and writes each model's config into ``output``
+    (``options``: ExportOptions' defaults where None)."""
+    options = options or ExportOptions()
     checkpoint, output = Path(checkpoint), Path(output)
     missing = [f for f in ("model_index.json", "scheduler", "vae", "unet") if not (checkpoint / f).exists()]
     if missing:

@@ -1,7 +1,7 @@
-"""What export writes for each runtime of the `unet` model (openspeedy.unet.variants.RUNTIMES), chosen with
+"""What export writes for each runtime of the `unet` model (openspeedy.unet.options.RUNTIMES), chosen with
 ``ExportOptions.unet_runtime`` (``--unet-runtime``).
 
-- ``torch``: the diffusers weights, served by the python backend (openspeedy.components.UNet).
+- ``torch``: the diffusers weights, served by the python backend (openspeedy.unet.runtime.UNet).
 - ``onnxruntime``: the exported ONNX graph in the version folder, served by the python backend
   (openspeedy.unet.onnxruntime_runtime); the config parameter ``runtime: onnxruntime`` selects it.
 - ``tensorrt``: a TensorRT engine (``model.plan``) served by Triton's TensorRT backend; the ONNX graph
@@ -15,19 +15,16 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from openspeedy import contracts
+from openspeedy.export.options import ExportOptions
 from openspeedy.export.tensorrt_engine import PLAN_FILE, build_engine, require_tensorrt, tensorrt_config
 from openspeedy.model_config import InstanceGroup, render_config
 from openspeedy.unet.onnxruntime_runtime import ONNX_FILE
-from openspeedy.unet.variants import RUNTIMES
-
-if TYPE_CHECKING:
-    from openspeedy.export.repository import ExportOptions
+from openspeedy.unet.options import RUNTIMES
 
 
-def resolve(options: "ExportOptions") -> "ExportOptions":
+def resolve(options: ExportOptions) -> ExportOptions:
     """Checks the runtime choice; for TensorRT, narrows the request limits to the engine's profile."""
     if options.unet_runtime not in RUNTIMES:
         raise ValueError(f"unet_runtime must be one of {RUNTIMES}, got {options.unet_runtime!r}")
@@ -38,7 +35,7 @@ def resolve(options: "ExportOptions") -> "ExportOptions":
     return options
 
 
-def unet_config(options: "ExportOptions", instance_group: InstanceGroup, name: str | None = None) -> str:
+def unet_config(options: ExportOptions, instance_group: InstanceGroup, name: str | None = None) -> str:
     """config.pbtxt of `unet` for the onnxruntime and tensorrt runtimes (torch: the common rendering)."""
     if options.unet_runtime == "onnxruntime":
         # The graph is FP32 whatever ``options.dtype`` says: its precision is fixed at export.
@@ -70,7 +67,7 @@ def remove_runtime_files(version: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_unet(checkpoint: Path, model_directory: Path, options: "ExportOptions", source_repository: Path) -> None:
+def write_unet(checkpoint: Path, model_directory: Path, options: ExportOptions, source_repository: Path) -> None:
     """Fills ``model_directory/1``, emptied by remove_runtime_files, for the onnxruntime or tensorrt runtime."""
     from openspeedy.export.onnx_unet import export_unet  # torch and diffusers only where a graph is made
 

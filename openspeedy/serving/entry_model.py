@@ -14,7 +14,7 @@ import torch
 
 from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL
-from openspeedy.model_config import cfg_parallel_gpus, flag
+from openspeedy.model_parameters import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import LoadMetric, ServingMetrics, TritonCacheMetrics

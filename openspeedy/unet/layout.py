@@ -15,7 +15,7 @@ around them, so the reshapes between the two are free. diffusers has no such opt
 The weights need the same layout. Inductor compiles the parameters as inputs of the graph, and its
 convolution lowering makes each weight channels-last inside the graph: a copy of every convolution
 weight in every call (1.6 GB read and written per UNet call at the published widths, 98 of the tiny
-UNet's 107 convolutions), unless the weight already has that layout. ``to_channels_last`` converts them
+UNet's 107 convolutions), unless the weight already has that layout. ``channels_last`` converts them
 once, at load; the compiled graph then hands them to cuDNN as they are (tests/unit/test_unet_speed_paths.py
 reads the generated code for it).
 
@@ -68,7 +68,7 @@ class TemporalConvAs2d(nn.Module):
         return out.reshape(batch, -1, frames, height, width)
 
 
-def temporal_convs_as_2d(model: nn.Module) -> int:
+def temporal_conv2d(model: nn.Module) -> int:
     """Replaces every temporal (k, 1, 1) ``nn.Conv3d`` in ``model`` in place; returns how many."""
     return replace_modules(
         model, lambda m: isinstance(m, nn.Conv3d) and m.kernel_size[1:] == (1, 1), TemporalConvAs2d
@@ -120,9 +120,13 @@ def channels_last_temporal_convs(model: nn.Module) -> int:
     return _wrap_inputs(model, lambda m: isinstance(m, TemporalConvAs2d))
 
 
-def to_channels_last(model: nn.Module) -> None:
+def channels_last(model: nn.Module) -> int:
     """4D convolution weights channels-last, once: compiled, no call copies them into that layout (see
-    above); eager, cuDNN then picks NHWC kernels without transposing the weights on every call."""
+    above); eager, cuDNN then picks NHWC kernels without transposing the weights on every call. Returns
+    how many weights."""
+    converted = 0
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, TemporalConvAs2d)):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+            converted += 1
+    return converted

@@ -1,5 +1,5 @@
 """Whether QuACK's kernels (Tri Dao's CuTe-DSL GEMMs for Hopper and newer) can run here, and why not: the
-fused GEGLU (openspeedy/unet/geglu.py) and the fused residual additions (openspeedy/unet/residual_gemm.py)
+fused GEGLU (openspeedy/unet/fused_geglu.py) and the fused residual additions (openspeedy/unet/fused_residuals.py)
 are speed preferences that fall back to diffusers' arithmetic where they cannot."""
 
 from __future__ import annotations

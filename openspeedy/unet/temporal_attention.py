@@ -129,7 +129,7 @@ class TemporalAttentionProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def use_temporal_attention_kernel(unet: nn.Module) -> int:
+def use_temporal_attention(unet: nn.Module) -> int:
     """Gives every attention inside the UNet's temporal transformers the fused processor; returns how many.
     Call after ``fuse_qkv_projections`` (which would otherwise replace the processors again)."""
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel

@@ -9,6 +9,8 @@ import sys
 
 from tests.helpers import ROOT
 
+LAYOUT = "eager,+temporal_conv2d,+channels_last"  # the UNet's options, as the benchmarks spell them
+
 
 def run_module(module: str, *args: str) -> None:
     subprocess.run([sys.executable, "-m", module, "--smoke", *args], cwd=ROOT, check=True, capture_output=True,
@@ -17,7 +19,7 @@ def run_module(module: str, *args: str) -> None:
 
 def test_end_to_end_benchmark_on_a_cpu(tmp_path):
     run_module("bench.end_to_end", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
-               "--sizes", "2x64x64,3x64x96", "--peers", "diffusers", "--variants", "eager,eager-layout",
+               "--sizes", "2x64x64,3x64x96", "--peers", "diffusers", "--variants", f"eager;{LAYOUT}",
                "--steps", "2")
     results = json.loads((tmp_path / "out" / "end_to_end.json").read_text())
     assert [(s["frames"], s["height"], s["width"]) for s in results["sizes"]] == [(2, 64, 64), (3, 64, 96)]
@@ -28,17 +30,27 @@ def test_end_to_end_benchmark_on_a_cpu(tmp_path):
         # float32 on a CPU: OpenSpeedy's denoising is the reference's arithmetic, step for step; the VAE
         # decodes several frames per call where the reference decodes one, which can move a rounding
         assert eager["latents_relative_l2"] == 0.0 and eager["max_abs_uint8"] <= 1 and eager["relative_l2"] < 1e-3
-        assert layout["pipeline"] == "openspeedy-eager-layout" and layout["latents_relative_l2"] < 1e-5
+        assert layout["pipeline"] == f"openspeedy-{LAYOUT}" and layout["latents_relative_l2"] < 1e-5
+        assert "temporal_conv2d: applied (" in layout["recipe"][3] and "channels_last: applied (" in layout["recipe"][4]
 
 
-def test_unet_calls_benchmark_on_a_cpu(tmp_path):
+def test_unet_calls_benchmark_ablates_on_a_cpu(tmp_path):
+    """``--ablate``: the options, then the options without each of their techniques (and what needs it)."""
+    ablated = "eager,+fuse_qkv,+temporal_conv2d,+channels_last_temporal_convs"
     run_module("bench.unet_calls", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
-               "--size", "2x64x64", "--variants", "eager,eager-layout")
+               "--size", "2x64x64", "--variants", "eager", "--ablate", ablated)
     results = json.loads((tmp_path / "out" / "unet_calls.json").read_text())
     assert results["flops"] > 0
-    eager, layout = results["calls"]
-    assert eager["variant"] == "eager" and eager["ms"] > 0 and eager["tflops"] > 0
-    assert layout["variant"] == "eager-layout" and layout["relative_l2_vs_eager"] < 1e-5
+    rows = {row["variant"]: row for row in results["calls"]}
+    assert list(rows) == ["eager", ablated, f"{ablated},-fuse_qkv", f"{ablated},-temporal_conv2d",
+                          f"{ablated},-channels_last_temporal_convs"]
+    assert rows["eager"]["ms"] > 0 and rows["eager"]["tflops"] > 0
+    for row in list(rows.values())[1:]:
+        assert row["relative_l2_vs_eager"] < 1e-5
+    assert rows[f"{ablated},-temporal_conv2d"]["options"] == {"fuse_qkv": "true"}  # its dependant went too
+    recipe = rows[f"{ablated},-fuse_qkv"]["recipe"]
+    assert recipe[0] == "fuse_qkv: skipped: off in these options"
+    assert recipe[3].startswith("temporal_conv2d: applied (") and recipe[6].startswith("channels_last_temporal_convs: ")
 
 
 def test_pipeline_phases_diagnostic_on_a_cpu(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from openspeedy import contracts
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, model_configs
-from openspeedy.model_config import cfg_parallel_gpus, flag
+from openspeedy.model_parameters import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
 from tests.helpers import parse
 from tests.unit.test_approximations import STEPS, interval, request, reuse

@@ -4,6 +4,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2
 
 from openspeedy import contracts
+from openspeedy.unet.options import FAST
 from tests.helpers import SOURCE_REPOSITORY as SOURCE
 from tests.helpers import assert_agrees, parse, tensors
 
@@ -85,7 +86,7 @@ def test_export_command_line_reaches_the_configs(tmp_path):
 
     output = tmp_path / "models"
     main(["--tiny", "--output", str(output), "--warmup-shapes", "2x64x64", "--max-queue-size", "3",
-          "--cache-redis-ttl-s", "60", "--no-cache", "--unet-compile-mode", "default",
+          "--cache-redis-ttl-s", "60", "--no-cache", "--unet-options", "fast",
           "--vae-decoder-compile-mode", "default", "--vae-encoder-compile-mode", "default",
           "--compile-cache-dir", str(tmp_path / "cache")])
     for vae in ("vae_decoder", "vae_encoder"):
@@ -97,11 +98,8 @@ def test_export_command_line_reaches_the_configs(tmp_path):
     unet = parse(output / "unet" / "config.pbtxt")
     assert unet.parameters["warmup_shapes"].string_value == "2x64x64"
     assert unet.parameters["compile_mode"].string_value == "default"
-    # the benchmarked compiled runtime: fused QKV, temporal convolutions in the channels-last graph, the
-    # convolution weights converted to it once, the up blocks' joins and the temporal convolutions' inputs in it
-    assert unet.parameters["fuse_qkv"].string_value == unet.parameters["temporal_conv2d"].string_value == "true"
-    for layout in ("channels_last", "channels_last_joins", "channels_last_temporal_convs"):
-        assert unet.parameters[layout].string_value == "true"
+    switched_on = {key for key, value in unet.parameters.items() if value.string_value == "true"}
+    assert switched_on == set(FAST.techniques_on) - {"compile_mode"}  # `fast`, every boolean technique of it
     entry = parse(output / "i2vgen_xl" / "config.pbtxt")
     assert entry.dynamic_batching.default_queue_policy.max_queue_size == 3
     assert entry.parameters["cache_redis_ttl_s"].string_value == "60"

@@ -6,16 +6,16 @@ projection's full 2 x inner output, then a separate kernel reads it back for ``g
 cuBLAS. QuACK (Tri Dao's CuTe-DSL kernels for Hopper and newer) runs a warp-specialized persistent GEMM
 whose epilogue is ours to write: with the weight's rows reordered once into (gate, value) pairs, the
 epilogue adds the bias, applies exact (erf) GELU and the product to the float32 accumulators and stores
-only ``value * gelu(gate)``, half the product's bytes (openspeedy/unet/geglu_kernel.py). One rounding
+only ``value * gelu(gate)``, half the product's bytes (openspeedy/unet/fused_geglu_kernel.py). One rounding
 where diffusers has two, so the result is as close to float32 arithmetic as diffusers' or closer.
 
 Where the kernel cannot run (no CUDA, a GPU older than Hopper, float32, QuACK not installed) the option
-leaves diffusers' GEGLU in place and the log says why: it is a speed preference, not a contract.
+leaves diffusers' GEGLU in place and the UNet's load log says why (openspeedy/unet/recipe.py): it is a
+speed preference, not a contract.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -26,12 +26,10 @@ from torch.utils.flop_counter import register_flop_formula
 from openspeedy.module_swap import replace_modules
 from openspeedy.unet import quack_support
 
-log = logging.getLogger(__name__)
-
 
 def kernel_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the fused kernel cannot run on ``device`` in ``dtype``, or None where it can."""
-    return quack_support.kernel_unavailable(device, dtype, "openspeedy.unet.geglu_kernel")
+    return quack_support.kernel_unavailable(device, dtype, "openspeedy.unet.fused_geglu_kernel")
 
 
 def pair_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -47,7 +45,7 @@ def paired_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
     tensor, the same arithmetic in PyTorch elsewhere."""
     if not x.is_cuda:
         return paired_reference(x, weight, bias)
-    from openspeedy.unet.geglu_kernel import geglu_rows
+    from openspeedy.unet.fused_geglu_kernel import geglu_rows
 
     rows = quack_support.dense_rows(x.reshape(-1, x.shape[-1]))
     with torch.cuda.device(x.device):
@@ -105,10 +103,8 @@ def _fits(module: nn.Module) -> bool:
 
 def use_fused_geglu(unet: nn.Module) -> int:
     """Replaces every diffusers ``GEGLU`` in the UNet's feed-forwards by ``PairedGEGLU`` where the kernel
-    can run; returns how many (0, with the reason logged, where it cannot)."""
+    can run; returns how many (0 where it cannot: ``kernel_unavailable`` says why)."""
     parameter = next(unet.parameters())
-    reason = kernel_unavailable(parameter.device, parameter.dtype)
-    if reason is not None:
-        log.warning("unet: fused_geglu is off, diffusers' GEGLU runs: %s", reason)
+    if kernel_unavailable(parameter.device, parameter.dtype) is not None:
         return 0
     return replace_modules(unet, _fits, PairedGEGLU)

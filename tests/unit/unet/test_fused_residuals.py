@@ -1,4 +1,4 @@
-"""The residual additions inside their matrix products (openspeedy/unet/residual_gemm.py). On a CPU the
+"""The residual additions inside their matrix products (openspeedy/unet/fused_residuals.py). On a CPU the
 compiler pass runs with the op's PyTorch arithmetic: it must find the additions of each transformer
 block (and of the image-latent encoder) and nothing else, keep the prediction, and keep the on-disk
 caches serving; the option is off there and says why. The
@@ -18,7 +18,7 @@ from bench.common import relative_l2
 from openspeedy import contracts
 from openspeedy.components import load_component
 from openspeedy.example_inputs import example_inputs
-from openspeedy.unet.residual_gemm import (
+from openspeedy.unet.fused_residuals import (
     LinearResidualPass,
     fused_residual_settings,
     kernel_unavailable,
@@ -122,10 +122,13 @@ def test_flop_counter_counts_the_op_as_the_linear_it_replaces():
     assert counter.get_total_flops() == 2 * 15 * 16 * 8
 
 
-def test_on_a_cpu_the_option_is_off_and_says_why(caplog):
-    with caplog.at_level(logging.WARNING, logger="openspeedy.unet.residual_gemm"):
-        assert fused_residual_settings(torch.device("cpu"), torch.float16) == {}
-    assert "fused_residuals is off, the additions stay Inductor's: it runs on CUDA GPUs only" in caplog.text
+def test_on_a_cpu_the_option_is_off_and_says_why(tiny_checkpoint, caplog):
+    assert fused_residual_settings(torch.device("cpu"), torch.float16) == {}
+    options = {"compile_mode": "default", "fused_residuals": "true"}
+    with caplog.at_level(logging.WARNING, logger="openspeedy.unet"):
+        unet = load_component("unet", tiny_checkpoint, options=options)
+    line = "fused_residuals: skipped: it runs on CUDA GPUs only; the additions stay Inductor's"
+    assert line in unet.recipe_report and line in caplog.text
 
 
 def test_option_without_compile_mode_is_an_error(tiny_checkpoint):
@@ -137,10 +140,9 @@ def test_compiled_tiny_unet_fuses_every_block_and_keeps_its_prediction(tiny_chec
     """The pass installed on a CPU (the op's PyTorch arithmetic) through the component's option, in the
     staged forward that `fast` compiles: each transformer block's additions, nothing else."""
     fusion = LinearResidualPass()
-    monkeypatch.setattr("openspeedy.components.fused_residual_settings",
+    monkeypatch.setattr("openspeedy.unet.fused_residuals.fused_residual_settings",
                         lambda device, dtype: {"post_grad_custom_pre_pass": fusion, "fx_graph_cache": False})
-    options = {"fuse_qkv": "true", "temporal_conv2d": "true", "temporal_attention_kernel": "true",
-               "share_cfg_rows": "true"}
+    options = {"fuse_qkv": "true", "temporal_conv2d": "true", "temporal_attention": "true", "share_cfg_rows": "true"}
     eager = load_component("unet", tiny_checkpoint, options=options)
     fused = load_component("unet", tiny_checkpoint, options=options | {"compile_mode": "default",
                                                                          "fused_residuals": "true"})
@@ -153,6 +155,8 @@ def test_compiled_tiny_unet_fuses_every_block_and_keeps_its_prediction(tiny_chec
     image_encoders = [m for m in modules if isinstance(m, I2VGenXLTransformerTemporalEncoder)]
     assert blocks and len(image_encoders) == 1  # the latter: self-attention and feed-forward only
     assert fusion.fused == sum(2 + (block.attn2 is not None) for block in blocks) + 2
+    assert f"fused_residuals: applied ({fusion.fused} residual additions fused in the graphs compiled so far)" in (
+        fused.recipe_report)
 
 
 needs_kernel = needs_quack_kernel(kernel_unavailable, "QuACK's GEMM")

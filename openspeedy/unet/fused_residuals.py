@@ -15,7 +15,7 @@ H100 (bench/results/unet_calls_fused_residuals*_h100.json).
 The additions are diffusers' code, in the block's forward and not in any module that could be swapped,
 so the fusion is a pass of the compiler (``LinearResidualPass``): it finds ``linear(x) + residual``
 in the graph that Inductor is about to lower and calls ``linear_residual`` instead. Where the kernel
-cannot run the option is off and the log says why.
+cannot run the option is off and the UNet's load log says why (openspeedy/unet/recipe.py).
 """
 
 from __future__ import annotations
@@ -136,10 +136,8 @@ def kernel_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def fused_residual_settings(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
-    """The Inductor settings that install the pass where the kernel can run; none (and the reason
-    logged) elsewhere."""
-    reason = kernel_unavailable(device, dtype)
-    if reason is not None:
-        log.warning("unet: fused_residuals is off, the additions stay Inductor's: %s", reason)
+    """The Inductor settings that install the pass where the kernel can run; none elsewhere
+    (``kernel_unavailable`` says why)."""
+    if kernel_unavailable(device, dtype) is not None:
         return {}
     return {"post_grad_custom_pre_pass": LinearResidualPass()}

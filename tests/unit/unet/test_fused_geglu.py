@@ -1,4 +1,4 @@
-"""The GEGLU inside its matrix product (openspeedy/unet/geglu.py). On a CPU the option leaves diffusers'
+"""The GEGLU inside its matrix product (openspeedy/unet/fused_geglu.py). On a CPU the option leaves diffusers'
 GEGLU in place and says why, and the paired weight layout is checked against diffusers' arithmetic; the
 tests marked gpu run QuACK's kernel against float32 arithmetic at the UNet's feed-forward shapes, at
 shapes that do not fill its tiles, inside torch.compile and a CUDA graph, and in a half-precision UNet."""
@@ -14,7 +14,7 @@ from bench.common import relative_l2
 from openspeedy import contracts
 from openspeedy.components import load_component
 from openspeedy.example_inputs import example_inputs
-from openspeedy.unet.geglu import (
+from openspeedy.unet.fused_geglu import (
     PairedGEGLU,
     kernel_unavailable,
     pair_rows,
@@ -25,54 +25,13 @@ from openspeedy.unet.geglu import (
 from tests.helpers import needs_quack_kernel
 
 
-@pytest.fixture(scope="module")
-def inputs(tiny_checkpoint):
-    unet = load_component("unet", tiny_checkpoint)
-    return example_inputs(contracts.UNET, unet.sizes(frames=5, height=72, width=88),
-                          generator=torch.Generator().manual_seed(0))
-
-
 def test_on_a_cpu_the_option_keeps_diffusers_geglu_and_says_why(tiny_checkpoint, inputs, caplog):
     plain = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true"})
-    with caplog.at_level(logging.WARNING, logger="openspeedy.unet.geglu"):
+    with caplog.at_level(logging.WARNING, logger="openspeedy.unet"):
         fused = load_component("unet", tiny_checkpoint, options={"fuse_qkv": "true", "fused_geglu": "true"})
-    assert "fused_geglu is off, diffusers' GEGLU runs: it runs on CUDA GPUs only" in caplog.text
+    assert "fused_geglu: skipped: it runs on CUDA GPUs only; diffusers' GEGLU runs" in caplog.text
     assert any(type(m) is GEGLU for m in fused.model.modules())
     torch.testing.assert_close(fused.infer(inputs)["NOISE_PRED"], plain.infer(inputs)["NOISE_PRED"], rtol=0, atol=0)
-
-
-def test_kernel_unavailable_names_the_reason():
-    assert kernel_unavailable(torch.device("cpu"), torch.float16) == "it runs on CUDA GPUs only"
-
-
-def test_dense_rows_copies_only_rows_the_kernels_cannot_load():
-    from openspeedy.unet.quack_support import dense_rows
-
-    matrix = torch.randn(6, 8)
-    assert dense_rows(matrix) is matrix
-    for strided in (matrix[:, :4], matrix.T):  # rows apart, elements apart
-        rows = dense_rows(strided)
-        assert rows.is_contiguous() and torch.equal(rows, strided)
-
-
-def test_a_kernel_that_fails_to_build_turns_the_option_off(monkeypatch):
-    """Any error while QuACK builds the epilogue at import (a TypeError was seen) is a reason, not a crash."""
-    import builtins
-    import sys
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.delitem(sys.modules, "openspeedy.unet.geglu_kernel", raising=False)
-    real_import = builtins.__import__
-
-    def failing_import(name, *args, **kwargs):
-        if name == "openspeedy.unet.geglu_kernel":
-            raise TypeError("epilogue fn depends on <ContextVar name='_LOC_TRANSFORMS'>")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", failing_import)
-    reason = kernel_unavailable(torch.device("cuda"), torch.float16)
-    assert reason.startswith("QuACK is not usable here (TypeError: epilogue fn depends on")
 
 
 def test_paired_rows_give_diffusers_arithmetic():

@@ -1,4 +1,4 @@
-"""QuACK's GEMM with the GEGLU in its epilogue. It imports QuACK, so only openspeedy/unet/geglu.py (and the
+"""QuACK's GEMM with the GEGLU in its epilogue. It imports QuACK, so only openspeedy/unet/fused_geglu.py (and the
 GPU probe bench/diagnostics/geglu_probe.py) imports it, and only where the kernel can run."""
 
 import math

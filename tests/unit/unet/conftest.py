@@ -1,0 +1,26 @@
+"""Fixtures of the UNet's technique tests: diffusers' tiny UNet and a call's inputs (rows that differ, and a
+CFG pair as the pipeline sends it)."""
+
+import pytest
+import torch
+from diffusers import I2VGenXLUNet
+
+from openspeedy import contracts
+from openspeedy.example_inputs import as_cfg_pair, example_inputs, unet_sizes
+
+
+@pytest.fixture(scope="module")
+def diffusers_unet(tiny_checkpoint):
+    return I2VGenXLUNet.from_pretrained(tiny_checkpoint / "unet").eval()
+
+
+@pytest.fixture(scope="module")
+def inputs(diffusers_unet):
+    return example_inputs(contracts.UNET, unet_sizes(diffusers_unet.config, 5, 72 // 8, 88 // 8, 2),
+                          generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def cfg_inputs(inputs):
+    """A CFG call as the pipeline makes it: both rows share the sample, image latents, timestep and fps."""
+    return as_cfg_pair(inputs)
