@@ -10,7 +10,7 @@ HELM := $(TOOLS)/helm/helm
 TOOLS_VENV := $(TOOLS)/venv
 SYSTEM_DEPS := $(TOOLS)/.system-deps
 
-.PHONY: install demo lint configs test test-unit test-server test-integration test-deploy serve ui repository \
+.PHONY: install demo lint configs test test-unit test-gpu test-server test-integration test-deploy serve ui repository \
 	deploy-tools system-deps bench-cpu results clean
 
 # One pinned set of packages, verified together (requirements/lock.txt), then the package itself.
@@ -101,6 +101,16 @@ test: lint $(INSTALLED) $(SYSTEM_DEPS) deploy-tools
 # and tests/unit/conftest.py makes any tritonserver start fail (tests/unit/test_no_server.py shows it).
 test-unit: $(INSTALLED)
 	$(PY) -m pytest -ra tests/unit -m "not slow"
+
+# The tests marked gpu, on a machine with a CUDA GPU (elsewhere each skips, saying so): tests/unit only, so no
+# server is started. No install step: the GPU machine brings its own torch, so run it with that Python
+# (make test-gpu PY=python3); diffusers and transformers must import there, QuACK's tests skip without it.
+# The junit XML and the text report go to GPU_REPORT.
+GPU_REPORT ?= build/test-gpu
+test-gpu:
+	mkdir -p $(GPU_REPORT)
+	set -o pipefail; $(PY) -m pytest -m gpu -ra tests/unit --junitxml=$(GPU_REPORT)/junit.xml \
+	  2>&1 | tee $(GPU_REPORT)/report.txt
 
 # A real tritonserver and redis-server on loopback ports.
 test-server: $(INSTALLED) $(SYSTEM_DEPS)
