@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 import torch
 
-from openspeedy.components import Component, check_tensors
+from openspeedy.components import Component
+from openspeedy.contract_checks import check_tensors
 from openspeedy.contracts import ModelContract
 
 
