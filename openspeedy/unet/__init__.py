@@ -1,2 +1,2 @@
-"""The UNet at serving time, a module a technique: runtime variants, memory layout, the temporal
-attention kernel, whole-forward CUDA graphs, feature reuse, FP8 linears and the onnxruntime runtime."""
+"""The UNet at serving time: its options (options.py), the order it applies them in (recipe.py), the PyTorch
+runtime (runtime.py), a module a technique (named as its option), feature reuse and the onnxruntime runtime."""

@@ -239,19 +239,19 @@ def parse(spelling: str) -> UNetOptions:
     values = dataclasses.asdict(PRESETS[preset])
     for edit in joined:
         sign = edit[:1]
+        if sign not in ("+", "-"):
+            raise ValueError(f"unet options {spelling!r}: {edit!r} is not +NAME, +NAME=VALUE or -NAME")
         name, _, value = edit[1:].partition("=")
         item = _field(name.strip())
         if sign == "-":
             if value:
                 raise ValueError(f"unet options {spelling!r}: -{name} takes no value")
             values = _turn_off(values, item.name)
-        elif sign == "+":
+        else:
             if not value and item.type != "bool":
                 raise ValueError(f"unet options {spelling!r}: +{name} needs a value, +{name}=VALUE")
             values[item.name] = _parse_value(item, value) if value else True
-        else:
-            raise ValueError(f"unet options {spelling!r}: {edit!r} is not +NAME, +NAME=VALUE or -NAME")
-    return UNetOptions(**values)  # checked as a whole: the order of the edits does not matter
+    return UNetOptions(**values)  # checked once every edit is made: an edit may need a later one
 
 
 def markdown_table() -> str:

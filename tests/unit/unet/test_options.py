@@ -94,6 +94,7 @@ def test_spellings(spelling, expected):
     ("fast,-fused_residual", "unknown option 'fused_residual'"),
     ("fast,+compile_mode", r"\+compile_mode needs a value"),
     ("fast,-compile_mode=default", "-compile_mode takes no value"),
+    ("fast,fused_residuals", "'fused_residuals' is not \\+NAME, \\+NAME=VALUE or -NAME"),
     ("eager,+channels_last_temporal_convs", "channels_last_temporal_convs needs temporal_conv2d"),
 ])
 def test_bad_spellings_are_errors_naming_them(spelling, error):
