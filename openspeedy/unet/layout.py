@@ -16,7 +16,7 @@ The weights need the same layout. Inductor compiles the parameters as inputs of 
 convolution lowering makes each weight channels-last inside the graph: a copy of every convolution
 weight in every call (1.6 GB read and written per UNet call at the published widths, 98 of the tiny
 UNet's 107 convolutions), unless the weight already has that layout. ``channels_last`` converts them
-once, at load; the compiled graph then hands them to cuDNN as they are (tests/unit/test_unet_speed_paths.py
+once, at load; the compiled graph then hands them to cuDNN as they are (tests/unit/unet/test_layout.py
 reads the generated code for it).
 
 The up blocks' joins need it too. Each resnet of an up block takes the concatenation of the path and a
