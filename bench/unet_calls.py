@@ -8,7 +8,7 @@ call's share of it compares with the card it ran on: the same model of card runs
 on different machines.
 
 Usage: python -m bench.unet_calls --out DIR [--variants "eager;compile;fast"] [--ablate fast] [--size 16x512x512]
-       [--feature-reuse fast] [--attention] [--profile fast] [--dtype float16]
+       [--feature-reuse fast] [--attention] [--profile fast] [--dtype float16] [--prepare-jobs 6 [--prepare-only]]
 ``--variants`` takes option spellings (openspeedy/unet/options.py) separated by ``;``, since one spelling
 holds commas: ``"eager;fast;fast,-fused_residuals"``. ``--ablate fast`` runs ``fast``, then ``fast`` without
 each technique that is on in it, one a row (after the ``--variants``). Each row keeps the UNet's recipe
@@ -19,7 +19,10 @@ Writes DIR/unet_calls.json after every measurement.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -47,6 +50,29 @@ def load(checkpoint: Path, options: UNetOptions, dtype: str):
     started = time.perf_counter()
     unet = load_component("unet", checkpoint, DEVICE, dtype, options.as_parameters())
     return unet, started
+
+
+def prepare(checkpoint: Path, variants: dict[str, UNetOptions], size: str, dtype: str, jobs: int,
+            log: Path) -> list[dict]:
+    """Compiles each variant at ``size`` in a process of its own, ``jobs`` at a time, into the on-disk
+    compile caches that every process on the machine shares, so that the timed run loads each from them.
+    A full-size compile is minutes of mostly single-threaded CPU work: a dozen of them one after the other
+    do not fit a lease of the GPU machine, while its 16 cores can run several at once. The timing itself
+    stays sequential, one variant at a time in one process."""
+
+    def one(item: tuple[str, UNetOptions]) -> dict:
+        variant, options = item
+        parameters = options.as_parameters() | {"warmup_shapes": size}
+        code = ("from openspeedy.components import load_component; "
+                f"load_component('unet', {str(checkpoint)!r}, 'cuda', {dtype!r}, {parameters!r})")
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        with log.open("a") as file:
+            file.write(f"=== {variant}: exit {done.returncode}\n{done.stdout}{done.stderr[-4000:]}\n")
+        return dict(variant=variant, seconds=time.perf_counter() - started, returncode=done.returncode)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, variants.items()))
 
 
 def call_row(unet, inputs, flops: int, started: float, reference, repeats: int, **extra) -> tuple[dict, torch.Tensor]:
@@ -161,11 +187,23 @@ def main() -> None:
     parser.add_argument("--attention", action="store_true", help="temporal attention kernel against SDPA")
     parser.add_argument("--profile", default="", help="variants (spellings, ';') whose kernels are profiled")
     parser.add_argument("--smoke", action="store_true", help="tiny architecture, float32: checks the script on a CPU")
+    parser.add_argument("--prepare-jobs", type=int, default=0,
+                        help="first compile every variant, this many processes at once, into the shared caches")
+    parser.add_argument("--prepare-only", action="store_true", help="with --prepare-jobs: compile, do not time")
     args = parser.parse_args()
     ensure_checkpoint(args.checkpoint, args.smoke)
     dtype = "float32" if args.smoke else args.dtype
     ((frames, height, width),) = parse_shapes(args.size)
     repeats = 1 if args.smoke else 10
+    variants = unet_variants(args.variants, args.ablate)
+    if args.prepare_jobs and DEVICE.type == "cuda":
+        args.out.mkdir(parents=True, exist_ok=True)
+        compiled = [name for name, options in variants.items() if options.compile_mode]
+        prepared = prepare(args.checkpoint, {name: variants[name] for name in compiled}, args.size, dtype,
+                           args.prepare_jobs, args.out / "prepare.log")
+        Results(args.out / "unet_calls_prepare.json", size=args.size, jobs=args.prepare_jobs)["prepared"] = prepared
+        if args.prepare_only:
+            return
     results = Results(args.out / "unet_calls.json", frames=frames, height=height, width=width, batch=2, dtype=dtype)
     if args.attention and DEVICE.type == "cuda":
         results["temporal_attention"] = bench_attention(frames, height, width, getattr(torch, dtype))
@@ -175,7 +213,7 @@ def main() -> None:
         rate_before = results["matrix_tflops_before"] = matrix_rate(getattr(torch, dtype))
 
     reference, flops, inputs = None, None, None
-    for variant, options in unet_variants(args.variants, args.ablate).items():
+    for variant, options in variants.items():
         unet, started = load(args.checkpoint, options, dtype)
         if inputs is None:
             # A CFG call as the pipeline makes it (the rows share the sample): what runtimes that compute
