@@ -3,11 +3,17 @@ and the on-disk caches, so the UNet and the VAE encoder and decoder compile alik
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
+
+from openspeedy import compile_artifacts
+
+log = logging.getLogger("openspeedy.compile")
 
 
 def use_compile_cache(options: Mapping[str, str]) -> None:
@@ -24,6 +30,25 @@ def use_compile_cache(options: Mapping[str, str]) -> None:
     os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
     os.environ["QUACK_CACHE_DIR"] = str(directory / "quack")
     os.environ["QUACK_CACHE_AUTOTUNING"] = "1"  # QuACK keeps its tuning results only when asked
+
+
+@contextlib.contextmanager
+def compiling(model: str, parameters: Mapping[str, str], directory: Path, device: torch.device,
+              compiles: bool) -> Iterator[None]:
+    """Around a model's load and warm-up: its on-disk compile caches (use_compile_cache) and, where it
+    ``compiles``, the artifacts that export compiled for it (openspeedy.compile_artifacts, in its version
+    ``directory``) loaded before it compiles anything; then one log line says how many graphs the
+    warm-up compiled and how many came from the caches, so a slow start says why."""
+    use_compile_cache(parameters)
+    if not compiles:
+        yield
+        return
+    log.info("%s: %s", model, compile_artifacts.load(directory, device))
+    before = compile_artifacts.compile_counts()
+    yield
+    now = compile_artifacts.compile_counts()
+    compiled, cached = (now[key] - before[key] for key in ("compiled", "from_cache"))
+    log.info("%s: warm-up compiled %d graphs, %d came from the compile caches", model, compiled, cached)
 
 
 def compiler(compile_mode: str, inductor_options: Mapping[str, object]):

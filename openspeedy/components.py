@@ -23,7 +23,7 @@ except ImportError:  # older transformers 5: the class is the Pillow one
     from transformers import CLIPImageProcessor
 
 from openspeedy import contracts
-from openspeedy.compilation import compiler, use_compile_cache
+from openspeedy.compilation import compiler, compiling
 from openspeedy.contracts import ModelContract
 from openspeedy.cuda_graphs import GraphedCallable, run_graphed
 from openspeedy.decoding import DEFAULT_MEMORY_BUDGET_BYTES, DEFAULT_TILE_ABOVE_PIXELS, ChunkedDecoder
@@ -142,13 +142,13 @@ class VaeEncoder:
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
         self.device, self.dtype = device, dtype
-        self.vae = _load_vae(directory, device, dtype)
-        if options.get("compile_mode"):
-            use_compile_cache(options)
-            # vae.encode (slicing, tiling, the posterior) stays diffusers'; only the network it calls compiles.
-            self.vae.encoder = compiler(options["compile_mode"], {})(self.vae.encoder)
-        for _, height, width in parse_shapes(options.get("warmup_shapes", "")):
-            self.infer({"IMAGE": torch.zeros(1, height, width, 3, dtype=torch.uint8)})
+        with compiling(self.contract.name, options, directory, device, compiles=bool(options.get("compile_mode"))):
+            self.vae = _load_vae(directory, device, dtype)
+            if options.get("compile_mode"):
+                # vae.encode (slicing, tiling, the posterior) stays diffusers'; only the network it calls compiles.
+                self.vae.encoder = compiler(options["compile_mode"], {})(self.vae.encoder)
+            for _, height, width in parse_shapes(options.get("warmup_shapes", "")):
+                self.infer({"IMAGE": torch.zeros(1, height, width, 3, dtype=torch.uint8)})
 
     @torch.inference_mode()
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -168,21 +168,20 @@ class VaeDecoder:
     weight_folders = ("vae",)
 
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, options: Mapping[str, str]):
-        if options.get("compile_mode"):
-            use_compile_cache(options)
-        self.decoder = ChunkedDecoder(
-            _load_vae(directory, device, dtype),
-            device,
-            dtype,
-            memory_budget_bytes=int(options.get("memory_budget_bytes", DEFAULT_MEMORY_BUDGET_BYTES)),
-            tile_above_pixels=int(options.get("tile_above_pixels", DEFAULT_TILE_ABOVE_PIXELS)),
-            compile_mode=options.get("compile_mode", ""),
-        )
-        channels = self.decoder.vae.config.latent_channels
-        for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
-            # Measures the decode cost at this size (the automatic chunk) and warms the kernels.
-            scale = self.decoder.spatial_scale
-            self.decoder.decode(torch.randn(frames, channels, height // scale, width // scale), chunk_size=0)
+        with compiling(self.contract.name, options, directory, device, compiles=bool(options.get("compile_mode"))):
+            self.decoder = ChunkedDecoder(
+                _load_vae(directory, device, dtype),
+                device,
+                dtype,
+                memory_budget_bytes=int(options.get("memory_budget_bytes", DEFAULT_MEMORY_BUDGET_BYTES)),
+                tile_above_pixels=int(options.get("tile_above_pixels", DEFAULT_TILE_ABOVE_PIXELS)),
+                compile_mode=options.get("compile_mode", ""),
+            )
+            channels = self.decoder.vae.config.latent_channels
+            for frames, height, width in parse_shapes(options.get("warmup_shapes", "")):
+                # Measures the decode cost at this size (the automatic chunk) and warms the kernels.
+                scale = self.decoder.spatial_scale
+                self.decoder.decode(torch.randn(frames, channels, height // scale, width // scale), chunk_size=0)
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         chunk = int(inputs["DECODE_CHUNK_SIZE"][0])

@@ -100,6 +100,12 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
                       name: str) -> str:
     if contract is contracts.UNET and options.unet_runtime != "torch":
         return unet_repository.unet_config(options, group, name)
+    return render_config(contract, instance_group=group, parameters=component_parameters(contract, options),
+                         queue=component_queue(options), name=name)
+
+
+def component_parameters(contract: contracts.ModelContract, options: ExportOptions) -> dict[str, str]:
+    """The config parameters of a component served by the python backend (its PyTorch runtime)."""
     parameters = {"dtype": options.dtype} | ComponentLimits.from_settings(options.settings).as_parameters()
     vae_compile_mode = {contracts.VAE_DECODER: options.vae_decoder_compile_mode,
                         contracts.VAE_ENCODER: options.vae_encoder_compile_mode}.get(contract, "")
@@ -114,8 +120,7 @@ def _component_config(contract: contracts.ModelContract, options: ExportOptions,
     if contract is contracts.VAE_DECODER:
         parameters["memory_budget_bytes"] = str(options.decode_memory_budget_bytes)
         parameters["tile_above_pixels"] = str(options.decode_tile_above_pixels)
-    return render_config(contract, instance_group=group, parameters=parameters, queue=component_queue(options),
-                         name=name)
+    return parameters
 
 
 def component_queue(options: ExportOptions) -> QueuePolicy:

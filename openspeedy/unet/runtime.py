@@ -10,7 +10,7 @@ import torch
 from diffusers import I2VGenXLUNet
 
 from openspeedy import contracts
-from openspeedy.compilation import use_compile_cache
+from openspeedy.compilation import compiling
 from openspeedy.cuda_graphs import run_graphed
 from openspeedy.example_inputs import as_cfg_pair, example_inputs, unet_sizes
 from openspeedy.model_parameters import parse_shapes
@@ -34,25 +34,26 @@ class UNet:
     def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype, parameters: Mapping[str, str]):
         self.options = UNetOptions.from_parameters(parameters)
         self.device, self.dtype = device, dtype
-        use_compile_cache(parameters)  # before the GEGLU kernel's library reads where its cache is
-        self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
-        self.eager_model = self.model  # the module steps change it in place; compile_mode rebinds ``model``
-        self.reuses_features = feature_reuse.shallow_path_supported(self.eager_model)
-        self.row_sharing: RowSharing | None = None  # share_cfg_rows sets it
-        self.inductor_settings: dict[str, object] = {}  # inductor_options and fused_residuals add to it
-        # The functions each path runs: the recipe compiles them; ``paths`` holds them between the
-        # contract's FP32 and the model's dtype, and the recipe may graph that.
-        self.inner = {"plain": self.plain, "full": self._full, "shallow": self._shallow}
-        self.paths = {name: self._in_contract_precision(name) for name in self.inner}
-        self.outcomes = recipe.apply(self, self.options)
-        for frames, height, width in parse_shapes(parameters.get("warmup_shapes", "")):
-            inputs = example_inputs(self.contract, self.sizes(frames, height, width), device=self.device)
-            if self.row_sharing:  # compile and capture what the pipeline's CFG calls send
-                inputs = as_cfg_pair(inputs)
-            self.infer(inputs)
-            if self.options.feature_reuse:
-                deep = self.infer(inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)})
-                self.infer(inputs | {"DEEP_FEATURES": deep["DEEP_FEATURES"]})
+        # The compile caches are set before the GEGLU kernel's library reads where its cache is.
+        with compiling("unet", parameters, directory, device, compiles=bool(self.options.compile_mode)):
+            self.model = I2VGenXLUNet.from_pretrained(directory / "unet", dtype=dtype).to(device).eval()
+            self.eager_model = self.model  # the module steps change it in place; compile_mode rebinds ``model``
+            self.reuses_features = feature_reuse.shallow_path_supported(self.eager_model)
+            self.row_sharing: RowSharing | None = None  # share_cfg_rows sets it
+            self.inductor_settings: dict[str, object] = {}  # inductor_options and fused_residuals add to it
+            # The functions each path runs: the recipe compiles them; ``paths`` holds them between the
+            # contract's FP32 and the model's dtype, and the recipe may graph that.
+            self.inner = {"plain": self.plain, "full": self._full, "shallow": self._shallow}
+            self.paths = {name: self._in_contract_precision(name) for name in self.inner}
+            self.outcomes = recipe.apply(self, self.options)
+            for frames, height, width in parse_shapes(parameters.get("warmup_shapes", "")):
+                inputs = example_inputs(self.contract, self.sizes(frames, height, width), device=self.device)
+                if self.row_sharing:  # compile and capture what the pipeline's CFG calls send
+                    inputs = as_cfg_pair(inputs)
+                self.infer(inputs)
+                if self.options.feature_reuse:
+                    deep = self.infer(inputs | {"RETURN_DEEP_FEATURES": torch.ones(1, dtype=torch.int32)})
+                    self.infer(inputs | {"DEEP_FEATURES": deep["DEEP_FEATURES"]})
         recipe.log_report(self.outcomes)
 
     @property

@@ -64,3 +64,47 @@ def test_no_artifacts_says_so(tmp_path):
     from openspeedy import compile_artifacts
 
     assert "none in" in compile_artifacts.load(tmp_path, torch.device("cpu"))
+
+
+# A fresh replica: loads the tiny repository's compiled decoder with empty compile caches and prints what
+# its warm-up compiled (the counts) and what the compile log said.
+REPLICA = """
+import json, logging, sys
+from pathlib import Path
+from openspeedy import compile_artifacts
+from openspeedy.components import load_component
+
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("openspeedy").addHandler(handler)
+logging.getLogger("openspeedy").setLevel(logging.INFO)
+model = Path(sys.argv[1])
+config = (model / "config.pbtxt").read_text()
+parameters = dict(
+    (line.split('key: "')[1].split('"')[0], line.split('string_value: "')[1].split('"')[0])
+    for line in config.splitlines() if line.startswith("parameters")
+)
+load_component(model.name, model / "1", "cpu", "float32", parameters)
+print(json.dumps({"log": lines, **compile_artifacts.compile_counts()}))
+"""
+
+
+def test_export_ships_the_compiled_decoder_and_a_fresh_replica_loads_it_without_compiling(tmp_path):
+    from openspeedy.export.__main__ import main as export_main
+
+    repository = tmp_path / "repository"
+    export_main(["--tiny", "--output", str(repository), "--vae-decoder-compile-mode", "default",
+                 "--warmup-shapes", "2x64x64", "--compile-artifacts"])
+    decoder = repository / "vae_decoder"
+    assert (decoder / "1" / "compile_artifacts.bin").exists()
+    assert not (repository / "unet" / "1" / "compile_artifacts.bin").exists()  # eager on CPU: nothing to ship
+
+    env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "replica-cache"),
+                        "TRITON_CACHE_DIR": str(tmp_path / "replica-cache" / "triton")}
+    done = subprocess.run([sys.executable, "-c", REPLICA, str(decoder)], env=env, capture_output=True, text=True,
+                          timeout=900, check=True)
+    replica = json.loads(done.stdout.strip().splitlines()[-1])
+    assert replica["compiled"] == 0 and replica["from_cache"] >= 1, replica
+    assert any(line.startswith("vae_decoder: compile artifacts: loaded") for line in replica["log"]), replica["log"]
+    assert any("warm-up compiled 0 graphs" in line for line in replica["log"]), replica["log"]
