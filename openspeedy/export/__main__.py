@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from openspeedy.export.tensorrt_engine import add_profile_arguments  # no torch: light at parse time
 
     add_profile_arguments(parser)
-    parser.add_argument("--warmup-shapes", default="",
-                        help="video sizes FRAMESxHEIGHTxWIDTH,... the UNet and decoder warm up for at load")
+    parser.add_argument("--warmup-shapes", default=None,
+                        help="video sizes FRAMESxHEIGHTxWIDTH,... the UNet and decoder compile and warm up for "
+                             "(default on gpu: the entry model's default size; on cpu: none)")
     parser.add_argument("--compile-cache-dir", default="",
                         help="keep torch.compile's caches (Inductor, Triton) here: a restart skips most compilation")
     parser.add_argument("--warmup-feature-reuse", action="store_true",
@@ -44,9 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the PyTorch UNet's techniques: a preset ({', '.join(PRESETS)}), then edits: "
                              "fast,-fused_residuals or fast,+inductor_options=NAME=VALUE (openspeedy/unet/options.py; "
                              "default: fast on gpu, eager on cpu)")
-    parser.add_argument("--vae-decoder-compile-mode", default="", choices=("", "default"),
+    parser.add_argument("--vae-decoder-compile-mode", default=None, choices=("", "default"),
                         help="torch.compile the VAE decoder network (each chunk shape compiles once; "
-                             "about half its time on an H200); empty: eager")
+                             "about half its time on an H200); empty: eager (default: default on gpu, eager on cpu)")
+    parser.add_argument("--compile-artifacts", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the models that compile, at their warm-up shapes, during export and ship "
+                             "torch's compile caches in the repository, so a fresh replica loads instead of "
+                             "compiling (default: on for --device gpu; export then needs that GPU)")
     parser.add_argument("--vae-encoder-compile-mode", default="", choices=("", "default"),
                         help="torch.compile the VAE encoder network (each image size compiles once); empty: eager")
     parser.add_argument("--max-queue-size", type=int, default=8,
@@ -69,14 +74,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
+    from openspeedy.export.repository import build_repository
+
+    checkpoint, options = export_options(args)
+    output = build_repository(checkpoint, args.output, options)
+    if args.compile_artifacts if args.compile_artifacts is not None else options.device == "gpu":
+        from openspeedy.export.compile_step import write_compile_artifacts
+
+        write_compile_artifacts(output, options)
+    return output
+
+
+def export_options(args: argparse.Namespace):
+    """The checkpoint (made here for --tiny) and the ExportOptions that the arguments ask for, with the
+    defaults of their device: on a GPU, the fast path (the UNet's fast options, the compiled decoder,
+    warm-up at the entry model's default size) without a flag."""
     # Imported here so that `openspeedy generate` never loads torch and diffusers.
     from openspeedy.cache import CacheSettings
     from openspeedy.export.random_checkpoint import build_tiny_checkpoint
-    from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions, build_repository
+    from openspeedy.export.repository import REFERENCE_SETTINGS, TINY_SETTINGS, ExportOptions
     from openspeedy.export.tensorrt_engine import profile_from_arguments, require_tensorrt
     from openspeedy.model_config import QueuePolicy
 
     unet = unet_options(args)  # a bad spelling fails before any work
+    gpu = args.device == "gpu"
     if args.unet_runtime == "tensorrt":
         require_tensorrt()  # refuse before minutes of export work
     if args.tiny:
@@ -99,9 +120,13 @@ def run(args: argparse.Namespace) -> Path:
         settings=settings,
         unet_runtime=args.unet_runtime,
         unet_profile=profile_from_arguments(args),
-        warmup_shapes=args.warmup_shapes,
+        warmup_shapes=args.warmup_shapes if args.warmup_shapes is not None else (
+            f"{settings.default_num_frames}x{settings.default_height}x{settings.default_width}" if gpu else ""),
         unet_options=unet,
-        vae_decoder_compile_mode=args.vae_decoder_compile_mode,
+        # The decoder at full resolution is Inductor's kind of work: compiled, about half its time on an
+        # H200. The encoder stays eager by default: it runs once per image, and the cache skips it after.
+        vae_decoder_compile_mode=args.vae_decoder_compile_mode if args.vae_decoder_compile_mode is not None else (
+            "default" if gpu else ""),
         vae_encoder_compile_mode=args.vae_encoder_compile_mode,
         compile_cache_dir=args.compile_cache_dir,
         queue=QueuePolicy(max_queue_size=args.max_queue_size, priority_levels=2 if args.priority else 0,
@@ -113,7 +138,7 @@ def run(args: argparse.Namespace) -> Path:
             redis_ttl_s=args.cache_redis_ttl_s,
         ),
     )
-    return build_repository(checkpoint, args.output, options)
+    return checkpoint, options
 
 
 def unet_options(args: argparse.Namespace):
