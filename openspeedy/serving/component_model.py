@@ -12,6 +12,7 @@ from openspeedy.serving.caller_key import NotTheOrchestrator, carries_key, serve
 from openspeedy.serving.metrics import LoadMetric
 from openspeedy.serving.triton_io import (
     error_response,
+    forward_logs_to_triton,
     instance_device,
     model_parameters,
     pb_utils,
@@ -25,6 +26,7 @@ def component_model(model_name: str) -> type:
 
     class ComponentModel:
         def initialize(self, args):
+            forward_logs_to_triton()  # the load's own lines: what the UNet's recipe did, the compile caches
             parameters = model_parameters(args)
             version_dir = Path(args["model_repository"]) / args["model_version"]
             self.component = load_component(

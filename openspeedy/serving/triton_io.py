@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,6 +23,28 @@ def instance_device(args: Mapping[str, str]) -> torch.device:
     if args["model_instance_kind"] == "GPU":
         return torch.device("cuda", int(args["model_instance_device_id"]))
     return torch.device("cpu")
+
+
+class TritonLogHandler(logging.Handler):
+    """The package's log records (the UNet's recipe lines, the compile caches' lines) in Triton's own log,
+    with its levels and timestamps: a stub's Python logging has no handler and would drop INFO."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            pb_utils.Logger.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            pb_utils.Logger.log_warn(message)
+        else:
+            pb_utils.Logger.log_info(message)
+
+
+def forward_logs_to_triton() -> None:
+    """Sends the ``openspeedy`` loggers' records, INFO and above, to Triton's log (once a process)."""
+    logger = logging.getLogger("openspeedy")
+    if not any(isinstance(handler, TritonLogHandler) for handler in logger.handlers):
+        logger.addHandler(TritonLogHandler())
+        logger.setLevel(logging.INFO)
 
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
