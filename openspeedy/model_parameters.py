@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+# A parameter the watchdog changes on each reload of a model whose stub died (Triton reloads a model only
+# when its config changed); every model accepts it and ignores it.
+RELOAD_PARAMETER = "openspeedy_reload"
+
 
 def flag(parameters: Mapping[str, str], name: str, default: bool = False) -> bool:
     """A boolean model config parameter (config parameters are strings)."""

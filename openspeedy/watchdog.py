@@ -23,12 +23,13 @@ from pathlib import Path
 
 import psutil
 
+from openspeedy.model_parameters import RELOAD_PARAMETER
+
 SHARED_MEMORY = Path("/dev/shm")  # where POSIX shm_open names live on Linux
 REGION_PREFIX = "triton_python_backend_shm_region_"
 
 # Flags the watchdog needs: reloads go through the repository API, which only explicit control allows.
 EXPLICIT_MODEL_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
-RELOAD_PARAMETER = "openspeedy_reload"  # changed on each reload; the models ignore it
 
 
 def stub_processes(server_pid: int, repository: Path) -> dict[str, list[psutil.Process]]:

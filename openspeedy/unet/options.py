@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from openspeedy.component_limits import ComponentLimits
+from openspeedy.model_parameters import RELOAD_PARAMETER
 
 # What serves the `unet` model (export's ``--unet-runtime``): the diffusers weights on PyTorch (these
 # options), the exported ONNX graph on onnxruntime, or a TensorRT engine.
@@ -35,6 +36,7 @@ COMPILE_MODES = ("", "default", "max-autotune", "max-autotune-no-cudagraphs", "r
 # (FORCE_CPU_ONLY_INPUT_TENSORS), the warm-up and the compile caches (shared with the VAE models), and
 # every component's input limits (openspeedy/component_limits.py).
 OTHER_PARAMETERS = ("dtype", "runtime", "warmup_shapes", "compile_cache_dir", "FORCE_CPU_ONLY_INPUT_TENSORS",
+                    RELOAD_PARAMETER,
                     *ComponentLimits().as_parameters())
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")

@@ -14,7 +14,7 @@ nvidia-pytriton 0.7.0 build, and asserted below so that a Triton upgrade that ch
   ``POST /v2/repository/models/unet/load``): a new stub starts and requests succeed again. The load must
   really reload: Triton skips the load of a model whose files did not change, and given the same config
   in the request it only updates the model in place (no new stub); a config with one parameter changed
-  (here ``reload_nonce``) reloads it. The dead instance is never unloaded, though: a graceful stop
+  (the watchdog's ``openspeedy_reload``) reloads it. The dead instance is never unloaded, though: a graceful stop
   afterwards waits the whole --exit-timeout-secs for it ("Found 1 live models") and tritonserver exits
   with 1 ("Exit timeout expired"), and so does a stop without the reload. Without explicit model control
   only a server restart recovers. The killed stub's /dev/shm region is never removed (the watchdog does
@@ -64,6 +64,7 @@ import psutil
 import pytest
 
 from openspeedy.client import Client, GenerationError
+from openspeedy.model_parameters import RELOAD_PARAMETER
 from openspeedy.server import ServerOptions, TritonServer
 from openspeedy.watchdog import stub_processes
 from tests.helpers import encode, free_port, random_image
@@ -305,7 +306,7 @@ def test_killed_stub_fails_its_request_stays_ready_and_recovers_by_reload(tiny_r
             # recovery: load the model again. With its files unchanged Triton skips the load, and the same
             # config given in the request only updates the model in place; a changed parameter reloads it.
             config = client._client.get_model_config("unet", as_json=True)["config"]
-            config.setdefault("parameters", {})["reload_nonce"] = {"string_value": str(time.time_ns())}
+            config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": str(time.time_ns())}
             client._client.load_model("unet", config=json.dumps(config), headers=server.grpc_admin_headers)
             _wait_until(lambda: len(_stubs(server, "unet", tiny_repository)) == 1, 120, "a new unet stub")
             (new_unet,) = _stubs(server, "unet", tiny_repository)
