@@ -24,3 +24,14 @@ def inputs(diffusers_unet):
 def cfg_inputs(inputs):
     """A CFG call as the pipeline makes it: both rows share the sample, image latents, timestep and fps."""
     return as_cfg_pair(inputs)
+
+
+@pytest.fixture(autouse=True)
+def openspeedy_loggers_enabled():
+    """The runtime's log lines reach caplog even after a library in the same test process configured
+    logging with ``disable_existing_loggers`` (logging.config.dictConfig's default), which disables every
+    logger that existed then: in a whole-suite run the recipe's lines were dropped that way."""
+    import logging
+
+    for name in ("openspeedy", "openspeedy.unet", "openspeedy.compile"):
+        logging.getLogger(name).disabled = False
