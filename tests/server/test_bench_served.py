@@ -41,4 +41,4 @@ def test_timed_unet_model_records_every_call_and_changes_nothing(triton, tiny_re
         assert "gpu_execute_ms" not in row  # no GPU here
     assert set(gpu_serving.medians(rows)) == set(rows[0])
     report = Path(f"{timings}.prof.txt").read_text()
-    assert report.startswith("calls 60..62") and "components.py" in report and "Python (cProfile)" in report
+    assert report.startswith("calls 60..62") and "runtime.py" in report and "Python (cProfile)" in report
