@@ -41,7 +41,6 @@ case "${1:?usage: gpu_env.sh libs|install}" in
         # The stack measured is the stack shipped: each carried wheel, and the machine's torch, as the
         # GPU lock pins them (docker/Dockerfile installs from the same lock).
         python3 requirements/locks.py wheels requirements/gpu-lock.txt .whl/*.whl
-        python3 requirements/locks.py installed requirements/gpu-lock.txt torch
         # pip comes from the machine's environment, through the chained path; it installs here.
         "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
         # The package itself from the carried tree, importable as it is (no build step).
