@@ -77,7 +77,11 @@ def loaded(tiny_checkpoint, small_pair):
 
     handler, logger = Recorded(), logging.getLogger("openspeedy.unet")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
+    # setLevel, not an assignment: it clears the level check's cache, which an earlier test in the same
+    # process may have filled while the effective level was WARNING.
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
     results = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recipe, "compiler", recording_compiler)
@@ -89,7 +93,8 @@ def loaded(tiny_checkpoint, small_pair):
                 results[name] = prediction, unet.recipe_report, handler.lines, list(compiles)
         finally:
             logger.removeHandler(handler)
-            logger.level = level
+            logger.setLevel(level)
+            logger.disabled = disabled
     return results
 
 
