@@ -14,5 +14,7 @@ CPU, tiny model: ``bench.cache_bench`` (the encoding caches), ``bench.step_overh
 cost), ``bench.perf_analyzer.run --tiny`` (perf_analyzer sweeps).
 
 ``bench.common`` holds what they share; ``bench.diagnostics`` the timing adapter and call profiler;
-``bench.results_table`` renders bench/results/README.md from the result files.
+``bench.results_table`` renders bench/results/README.md and ``bench.speed_page`` docs/speed.md from the
+result files (``make results``). Each benchmark writes into its card's folder, ``bench/results/<card>/``
+(``cpu`` for the tiny-model ones, their default).
 """

@@ -3,7 +3,7 @@ seeds, with the caches on and off. Reports the time per request, the time the im
 what a hit saves. CPU with the tiny model by default; on a GPU, bench/decode_and_encode.py measures the
 full-size encoders (the saving per hit).
 
-Usage: python -m bench.cache_bench [--out bench/results] [--requests 20]
+Usage: python -m bench.cache_bench [--out bench/results/cpu] [--requests 20]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cpu")
     parser.add_argument("--requests", type=int, default=20)
     args = parser.parse_args()
     checkpoint = build_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
@@ -87,7 +87,7 @@ def main() -> None:
     results["saved_per_request_s"] = saved
     results["saved_fraction"] = saved / results["cache_off"]["request_s"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cache_tiny_cpu.json").write_text(json.dumps(results, indent=2, default=str))
+    (args.out / "cache.json").write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
 
 

@@ -70,7 +70,7 @@ def main() -> None:
         in_process_step_ms=per_step(in_process) * 1e3, served_step_ms=per_step(served) * 1e3,
     )
     results["overhead_per_step_ms"] = results["served_step_ms"] - results["in_process_step_ms"]
-    (args.out / "step_overhead_tiny_cpu.json").write_text(json.dumps(results, indent=2, default=float))
+    (args.out / "step_overhead.json").write_text(json.dumps(results, indent=2, default=float))
     print(json.dumps(results, indent=2, default=float))
 
 

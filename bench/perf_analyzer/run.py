@@ -578,8 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: synchronous calls, like openspeedy's client)")
     parser.add_argument("--note", action="append", default=[], help="a line for the markdown report (repeatable)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per perf_analyzer run")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--name", default="perf_analyzer_tiny_cpu", help="result file stem")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu",
+                        help="the card's results folder (bench/results/<card>/)")
+    parser.add_argument("--name", default="perf_analyzer", help="result file stem")
     parser.add_argument("--work-dir", type=Path, help="keep perf_analyzer's raw CSV/console output here")
     args = parser.parse_args(argv)
 
