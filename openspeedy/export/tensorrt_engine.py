@@ -22,7 +22,9 @@ from openspeedy.request import RequestSettings
 
 PLAN_FILE = "model.plan"
 PRECISIONS = ("fp16", "fp8")
-NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51 with TensorRT 10.5 (INT64 I/O needs 10+)
+# The image docker/Dockerfile builds on (a deploy test keeps them equal): Triton 2.72 with its TensorRT
+# backend, TensorRT 10 or later, which the contract's INT64 inputs need.
+NGC_IMAGE = "nvcr.io/nvidia/tritonserver:26.08-py3"
 
 Range = tuple[int, int, int]  # min, opt, max
 

@@ -166,6 +166,13 @@ def test_base_image_is_a_cuda_13_triton_release_with_the_chunked_encoding_fix():
     assert '"${TRITON_SERVER_VERSION:-unset}" != "${TRITON_VERSION}"' in DOCKERFILE.read_text()
 
 
+def test_tensorrt_engines_are_built_in_the_image_that_serves_them():
+    """An engine loads only under the TensorRT that built it: the export's build instructions name the base."""
+    from openspeedy.export.tensorrt_engine import NGC_IMAGE
+
+    assert NGC_IMAGE == dockerfile_args()["BASE_IMAGE"]
+
+
 # --- bench/gpu_serving.sh ---------------------------------------------------------------------------------
 
 
