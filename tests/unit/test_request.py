@@ -126,6 +126,24 @@ def test_exif_orientation_is_applied():
     assert request.image.size == (80, 120)
 
 
+@pytest.mark.parametrize("mode, file_format", [("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("L", "WEBP")])
+def test_decoded_images_equal_diffusers_load_image(mode, file_format):
+    """The reference pipeline reads images through diffusers' load_image: the same pixels, EXIF rotation too."""
+    import io
+
+    from diffusers.utils import load_image
+
+    from openspeedy.imaging import decode_image
+
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise on display
+    data = encode(random_image(40, 24).convert(mode), file_format, exif=exif)
+    ours = decode_image(data, max_bytes=len(data), max_pixels=40 * 24)
+    reference = load_image(PIL.Image.open(io.BytesIO(data)))
+    assert ours.mode == "RGB" and ours.size == (24, 40)  # rotated
+    assert np.array_equal(np.asarray(ours), np.asarray(reference))
+
+
 def test_an_extreme_aspect_ratio_is_refused_before_any_crop():
     # A 1x2000 PNG of about 100 bytes: its 512x512 crop would first resize it to 512x1024000 pixels.
     banner = encode(PIL.Image.new("RGB", (1, 2000)))
