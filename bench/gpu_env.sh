@@ -13,7 +13,9 @@
 #   unzip -q nvidia_cutlass_dsl_libs_cu13-*.whl -d x && tar cf - -C x . | xz -9 > .whl/cutlass_cu13.tar.xz
 # The other wheels (--no-deps, cp312 manylinux): diffusers, importlib_metadata, zipp, quack-kernels,
 # nvidia-cutlass-dsl, nvidia-cutlass-dsl-libs-core, nvidia-cutlass-dsl-libs-base, apache-tvm-ffi,
-# torch-c-dlpack-ext, at the versions of requirements/gpu-lock.txt.
+# torch-c-dlpack-ext, at the versions of requirements/gpu-lock.txt; and tritonclient-py.tar.xz (the
+# tritonclient package of the tritonclient 2.51.0 wheel without perf_analyzer, 45 KB as xz), which the
+# unit tests that read model configs import, so that `make test-gpu` collects every module there.
 set -euo pipefail
 VENV=/tmp/venv
 
@@ -43,13 +45,14 @@ case "${1:?usage: gpu_env.sh libs|install}" in
         python3 requirements/locks.py wheels requirements/gpu-lock.txt .whl/*.whl
         # pip comes from the machine's environment, through the chained path; it installs here.
         "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
+        if [ -f .whl/tritonclient-py.tar.xz ]; then tar xJf .whl/tritonclient-py.tar.xz -C "$(site)"; fi
         # The package itself from the carried tree, importable as it is (no build step).
         echo "$PWD" > "$(site)/openspeedy-source.pth"
         "$VENV/bin/python" - <<'EOF'
 import importlib
 import torch
 versions = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name()}
-for name in ("diffusers", "transformers", "numpy", "quack", "cutlass"):
+for name in ("diffusers", "transformers", "numpy", "quack", "cutlass", "tritonclient.grpc"):
     try:
         module = importlib.import_module(name)
         versions[name] = getattr(module, "__version__", "imported")
