@@ -220,10 +220,24 @@ _CACHE_HIT = TensorSpec(
 )
 _PROGRESS = TensorSpec("PROGRESS", "INT32", (2,), description="(steps done, total steps), one response per step")
 
+# Live previews, stream model only: the plain model answers once, at the end, so it has nowhere to send
+# one and does not declare the input (Triton refuses a request that names it).
+PREVIEW_INTERVAL_RULE = "0 (off) up to NUM_INFERENCE_STEPS"
+_PREVIEW_INTERVAL = TensorSpec(
+    "PREVIEW_INTERVAL", "INT32", (1,), optional=True,
+    description=f"a PREVIEW every N denoising steps, {PREVIEW_INTERVAL_RULE}; default 0: none",
+)
+_PREVIEW = TensorSpec(
+    "PREVIEW", "BYTES", (1,),
+    description="PNG: a strip of a few frames of the video predicted so far, at latent resolution; in the "
+                "PROGRESS responses of every PREVIEW_INTERVAL-th step",
+)
+
 I2VGEN_XL = ModelContract(name="i2vgen_xl", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT))
 # The stream model sends CACHE_HIT with the video, in its final response.
 I2VGEN_XL_STREAM = ModelContract(
-    name="i2vgen_xl_stream", inputs=_ENTRY_INPUTS, outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT, _PROGRESS),
+    name="i2vgen_xl_stream", inputs=(*_ENTRY_INPUTS, _PREVIEW_INTERVAL),
+    outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT, _PROGRESS, _PREVIEW),
     decoupled=True,
 )
 

@@ -55,6 +55,8 @@ def posterior_seed(seed: int) -> int:
 
 
 StepCallback = Callable[[int, int], None]  # (steps done, total); raising from it stops the generation
+# (steps done, total, the scheduler's predicted clean latents [1, C, F, h, w], scaled); before the step callback
+PredictionCallback = Callable[[int, int, torch.Tensor], None]
 
 
 class I2VGenXL:
@@ -127,15 +129,18 @@ class I2VGenXL:
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
-                 on_image_encoded: Callable[[bool], None] | None = None) -> torch.Tensor:
+                 on_image_encoded: Callable[[bool], None] | None = None,
+                 on_prediction: PredictionCallback | None = None) -> torch.Tensor:
         """The video of one request as uint8 [F, H, W, 3]."""
-        return self.decode(self.denoise(request, on_step, on_image_encoded), request.decode_chunk_size)
+        return self.decode(self.denoise(request, on_step, on_image_encoded, on_prediction), request.decode_chunk_size)
 
     @torch.inference_mode()
     def denoise(self, request: GenerationRequest, on_step: StepCallback | None = None,
-                on_image_encoded: Callable[[bool], None] | None = None) -> torch.Tensor:
+                on_image_encoded: Callable[[bool], None] | None = None,
+                on_prediction: PredictionCallback | None = None) -> torch.Tensor:
         """The final latents [1, C, F, h, w] of one request (scaled like the reference's output_type="latent").
-        ``on_image_encoded(from_cache)`` tells whether the image's encodings came from the cache."""
+        ``on_image_encoded(from_cache)`` tells whether the image's encodings came from the cache;
+        ``on_prediction`` gets each step's predicted clean latents (live previews)."""
         cfg = request.do_classifier_free_guidance
         prompts = [request.negative_prompt, request.prompt] if cfg else [request.prompt]
         prompt_embeds = torch.cat([self.encode_prompt(p) for p in prompts])
@@ -200,7 +205,9 @@ class I2VGenXL:
             if guided:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + request.guidance_scale * (text - uncond)
-            latents = self._scheduler_step(scheduler, noise_pred, t, latents)
+            latents, predicted = self._scheduler_step(scheduler, noise_pred, t, latents)
+            if on_prediction is not None:
+                on_prediction(step + 1, total, predicted)
             if on_step is not None:
                 on_step(step + 1, total)
         return latents
@@ -240,13 +247,19 @@ class I2VGenXL:
         return _feature_rows(features, rows - rows_in_call, rows_in_call, request.num_frames)
 
     @staticmethod
-    def _scheduler_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor):
+    def _scheduler_step(scheduler: DDIMScheduler, noise_pred: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next latents and the step's predicted clean latents, both in the latents' layout (views)."""
         # The scheduler works on images: fold frames into the batch, as the reference does.
         b, c, f, h, w = latents.shape
         flat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         flat_noise = noise_pred.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        flat = scheduler.step(flat_noise, t, flat).prev_sample
-        return flat[None].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+        output = scheduler.step(flat_noise, t, flat)
+
+        def unfold(folded: torch.Tensor) -> torch.Tensor:
+            return folded[None].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+        return unfold(output.prev_sample), unfold(output.pred_original_sample)
 
     def decode(self, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
         """uint8 [F, H, W, 3] frames, left where the decoder put them (host memory: they leave the server)."""

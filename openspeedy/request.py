@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import PIL.Image
 
-from openspeedy.contracts import I2VGEN_XL
+from openspeedy.contracts import I2VGEN_XL, I2VGEN_XL_STREAM, PREVIEW_INTERVAL_RULE, ModelContract
 from openspeedy.errors import InvalidInput
 from openspeedy.imaging import check_crop_growth, decode_image
 
@@ -85,6 +85,11 @@ class GenerationRequest:
     # Opt-in approximations; the defaults leave the video exact.
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     feature_reuse_interval: int = 1
+    preview_interval: int = 0  # stream model only: a preview every N steps, 0: none
+
+    def previews_at(self, step: int) -> bool:
+        """Whether the stream sends a preview after ``step`` steps (1-based)."""
+        return self.preview_interval > 0 and step % self.preview_interval == 0
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -101,7 +106,7 @@ def _array(inputs: Mapping[str, Any], name: str) -> np.ndarray | None:
     value = inputs.get(name)
     if value is None:
         return None
-    spec = I2VGEN_XL.input(name)
+    spec = I2VGEN_XL_STREAM.input(name)  # the stream model's inputs: the plain model's and its own
     array = np.asarray(value)
     if spec.datatype == "BYTES":
         if array.dtype != object and array.dtype.kind not in "SU":
@@ -155,16 +160,27 @@ def _integer(inputs: Mapping[str, Any], name: str, default: int, low: int, high:
     return value
 
 
-def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> GenerationRequest:
-    """Validates raw request tensors (numpy arrays keyed by input name) into a GenerationRequest.
+def _preview_interval(inputs: Mapping[str, Any], steps: int) -> int:
+    name = "PREVIEW_INTERVAL"
+    value = _scalar(inputs, name)
+    value = 0 if value is None else int(value)
+    if not 0 <= value <= steps:
+        raise InvalidInput(name, f"must be {PREVIEW_INTERVAL_RULE} ({steps}), got {value}")
+    return value
+
+
+def parse_request(inputs: Mapping[str, Any], settings: RequestSettings,
+                  contract: ModelContract = I2VGEN_XL) -> GenerationRequest:
+    """Validates raw request tensors (numpy arrays keyed by input name) into a GenerationRequest, by the
+    inputs of ``contract`` (the plain or the stream entry model).
 
     Raises InvalidInput naming the first input that breaks a rule.
     """
-    known = set(I2VGEN_XL.input_names)
+    known = set(contract.input_names)
     for name in inputs:
         if name not in known:
             raise InvalidInput(name, f"is not an input of this model; inputs are {sorted(known)}")
-    for spec in I2VGEN_XL.inputs:
+    for spec in contract.inputs:
         if not spec.optional and inputs.get(spec.name) is None:
             raise InvalidInput(spec.name, "is required")
 
@@ -198,6 +214,7 @@ def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> Gener
     # The pipeline crops the image twice: a square for the image encoder, the video's size for the VAE.
     check_crop_growth(image.size, ((width, width), (width, height)), s.max_crop_growth)
 
+    steps = _integer(inputs, "NUM_INFERENCE_STEPS", s.default_num_inference_steps, 1, s.max_num_inference_steps)
     return GenerationRequest(
         image=image,
         prompt=prompt,
@@ -205,9 +222,7 @@ def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> Gener
         num_frames=num_frames,
         height=height,
         width=width,
-        num_inference_steps=_integer(
-            inputs, "NUM_INFERENCE_STEPS", s.default_num_inference_steps, 1, s.max_num_inference_steps
-        ),
+        num_inference_steps=steps,
         guidance_scale=guidance,
         target_fps=_integer(inputs, "TARGET_FPS", s.default_target_fps, 1, s.max_target_fps),
         seed=seed,
@@ -219,4 +234,5 @@ def parse_request(inputs: Mapping[str, Any], settings: RequestSettings) -> Gener
         feature_reuse_interval=_integer(
             inputs, "FEATURE_REUSE_INTERVAL", s.default_feature_reuse_interval, 1, s.max_feature_reuse_interval
         ),
+        preview_interval=_preview_interval(inputs, steps),
     )

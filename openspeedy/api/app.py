@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from openspeedy.api.jobs import COMPLETED, Job, UnknownCursor, new_job_id, page
+from openspeedy.api.jobs import COMPLETED, IN_PROGRESS, QUEUED, Job, UnknownCursor, new_job_id, page
 from openspeedy.api.keys import LOCAL_OWNER, Keys
 from openspeedy.api.worker import WorkerOptions, Workers
 from openspeedy.client.api import Client, request_arrays
@@ -292,10 +292,19 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
     def retrieve(owner: Caller, video_id: str) -> dict:
         return owned_job(video_id, owner).public()
 
-    @app.get("/v1/videos/{video_id}/content", summary="Download the MP4 of a completed video job",
-             response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
-    def content(owner: Caller, video_id: str, variant: Literal["video"] = "video") -> Response:
+    @app.get("/v1/videos/{video_id}/content", summary="Download the MP4 of a completed video job, or its preview",
+             response_class=Response, responses={200: {"content": {"video/mp4": {}, "image/png": {}}}})
+    def content(owner: Caller, video_id: str, variant: Literal["video", "thumbnail"] = "video") -> Response:
+        """``variant=thumbnail``: the latest live preview, a PNG strip of a few frames of the video as
+        predicted at that step (rough colours, latent resolution), while the job runs and after it."""
         job = owned_job(video_id, owner)
+        if variant == "thumbnail":
+            preview = jobs.preview(video_id)
+            if preview is None:
+                raise ApiError(400 if job.status in (QUEUED, IN_PROGRESS) else 404,
+                               f"video '{video_id}' has no thumbnail yet: its status is {job.status} and no "
+                               "preview has been made", "variant", "video_not_ready")
+            return Response(preview, media_type="image/png")
         data = jobs.content(video_id) if job.status == COMPLETED else None
         if data is None:
             raise ApiError(400 if job.status != COMPLETED else 404,

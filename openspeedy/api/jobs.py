@@ -92,6 +92,7 @@ class MemoryJobs:
         self._jobs: dict[str, Job] = {}  # in creation order
         self._inputs: dict[str, bytes] = {}
         self._contents: dict[str, bytes] = {}
+        self._previews: dict[str, bytes] = {}  # the latest live preview (PNG) of a job
         self._queue: deque[str] = deque()
 
     def _expire(self) -> None:
@@ -103,6 +104,7 @@ class MemoryJobs:
         self._jobs.pop(job_id, None)
         self._inputs.pop(job_id, None)
         self._contents.pop(job_id, None)
+        self._previews.pop(job_id, None)
 
     def create(self, job: Job, image: bytes, max_in_flight: int) -> bool:
         """Adds the job and queues it, unless its owner has ``max_in_flight`` unfinished jobs already."""
@@ -166,6 +168,16 @@ class MemoryJobs:
         with self._lock:
             self._expire()
             return self._contents.get(job_id)
+
+    def save_preview(self, job_id: str, png: bytes) -> None:
+        with self._lock:
+            if job_id in self._jobs:
+                self._previews[job_id] = png
+
+    def preview(self, job_id: str) -> bytes | None:
+        with self._lock:
+            self._expire()
+            return self._previews.get(job_id)
 
     def requeue(self, job: Job) -> None:
         """Puts a job a worker gave up (the process is stopping) first in line again."""
@@ -251,7 +263,8 @@ class RedisJobs:
     def delete(self, job_id: str) -> None:
         job = self.get(job_id)
         with self.client.pipeline() as pipe:
-            pipe.delete(self._key("job", job_id), self._key("input", job_id), self._key("content", job_id))
+            pipe.delete(self._key("job", job_id), self._key("input", job_id), self._key("content", job_id),
+                        self._key("preview", job_id))
             pipe.lrem(self._key("queue"), 0, job_id)
             if job is not None:
                 pipe.srem(self._key("inflight", job.owner), job_id)
@@ -279,15 +292,30 @@ class RedisJobs:
             pipe.set(self._key("job", job.id), job.to_json(), xx=True, ex=ttl)
             if content is not None:
                 pipe.set(self._key("content", job.id), content, ex=ttl)
+            if ttl is not None:
+                pipe.expire(self._key("preview", job.id), ttl)  # goes with the job
             pipe.delete(self._key("input", job.id), self._key("lease", job.id))
             pipe.srem(self._key("inflight", job.owner), job.id)
             pipe.lrem(self._key("running"), 0, job.id)
             updated, *_ = pipe.execute()
         if not updated:  # deleted while it ran: its result goes too
-            self.client.delete(self._key("content", job.id))
+            self.client.delete(self._key("content", job.id), self._key("preview", job.id))
 
     def content(self, job_id: str) -> bytes | None:
         return self.client.get(self._key("content", job_id))
+
+    def save_preview(self, job_id: str, png: bytes) -> None:
+        # Until the job's end gives it the job's own expiry; a preview of a job whose worker died without
+        # ending it goes after 20 leases.
+        with self.client.pipeline() as pipe:
+            pipe.exists(self._key("job", job_id))
+            pipe.set(self._key("preview", job_id), png, ex=max(self.lease_s, 1) * 20)
+            exists, _ = pipe.execute()
+        if not exists:  # deleted meanwhile
+            self.client.delete(self._key("preview", job_id))
+
+    def preview(self, job_id: str) -> bytes | None:
+        return self.client.get(self._key("preview", job_id))
 
     def requeue(self, job: Job) -> None:
         with self.client.pipeline() as pipe:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from openspeedy.api.jobs import COMPLETED, FAILED, IN_PROGRESS, QUEUED
-from openspeedy.client.api import Client, GenerationCancelled, GenerationError
+from openspeedy.client.api import Client, GenerationCancelled, GenerationError, Progress
 
 log = logging.getLogger("openspeedy.api")
 
@@ -23,6 +23,9 @@ IDLE_POLL_S = 0.2
 WATCH_S = 0.25
 # How often a worker looks for jobs whose worker died (their lease ran out).
 REAP_S = 5.0
+# A running job's live preview (GET /v1/videos/{id}/content?variant=thumbnail) every this many steps, or at
+# its last step when it has fewer.
+PREVIEW_INTERVAL = 5
 
 
 def job_error(error: GenerationError) -> dict:
@@ -89,15 +92,18 @@ class Workers:
         watcher = threading.Thread(target=self._watch, args=(job_id, cancel, done), daemon=True)
         watcher.start()
 
-        def on_progress(step: int, total: int) -> None:
-            progress = min(99, 100 * step // max(total, 1))  # 100 once the video is stored
+        def on_progress(update: Progress) -> None:
+            if update.preview is not None:
+                self.jobs.save_preview(job_id, update.preview)
+            progress = min(99, 100 * update.step // max(update.total, 1))  # 100 once the video is stored
             if progress != job.progress:
                 job.progress = progress
                 self.jobs.save(job)
 
+        steps = job.options["num_inference_steps"]
         try:
             video = client.generate_stream(image, job.prompt, on_progress=on_progress, cancel=cancel, frames=False,
-                                           mp4=True, **job.options)
+                                           mp4=True, preview_interval=min(PREVIEW_INTERVAL, steps), **job.options)
         except GenerationCancelled:
             if self._stop.is_set():
                 job.status, job.progress = QUEUED, 0

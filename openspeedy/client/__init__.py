@@ -2,9 +2,17 @@
 
 from pathlib import Path
 
-from openspeedy.client.api import Client, GenerationCancelled, GenerationError, GenerationTimeout, RetryPolicy, Video
+from openspeedy.client.api import (
+    Client,
+    GenerationCancelled,
+    GenerationError,
+    GenerationTimeout,
+    Progress,
+    RetryPolicy,
+    Video,
+)
 
-__all__ = ["Client", "GenerationCancelled", "GenerationError", "GenerationTimeout", "RetryPolicy", "Video",
+__all__ = ["Client", "GenerationCancelled", "GenerationError", "GenerationTimeout", "Progress", "RetryPolicy", "Video",
            "example_image"]
 
 

@@ -39,6 +39,8 @@ OPTIONAL_INPUTS = {
     "guidance_interval": "GUIDANCE_INTERVAL",
     "feature_reuse_interval": "FEATURE_REUSE_INTERVAL",
 }
+# Options only the streaming model has: a live preview every N steps (0: none).
+STREAM_OPTIONS = {"preview_interval": "PREVIEW_INTERVAL"}
 
 # How often a waiting client looks at its cancel flag and deadline: well under one denoising step.
 _POLL_S = 0.05
@@ -152,6 +154,17 @@ def _keepalive():
                                        keepalive_permit_without_calls=False, http2_max_pings_without_data=2)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One progress response of a stream: ``step`` of ``total`` denoising steps done, and at the request's
+    ``preview_interval`` a PNG ``preview`` of the video predicted so far (a strip of a few frames at latent
+    resolution), else None."""
+
+    step: int
+    total: int
+    preview: bytes | None = None
+
+
 @dataclass
 class Video:
     frames: np.ndarray | None  # uint8 [F, H, W, 3], when requested
@@ -169,18 +182,20 @@ def _image_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def request_arrays(image: Any, prompt: str, **options: Any) -> dict[str, np.ndarray]:
-    """The request's input tensors as numpy arrays keyed by contract name (None options are left out)."""
+def request_arrays(image: Any, prompt: str, stream: bool = False, **options: Any) -> dict[str, np.ndarray]:
+    """The request's input tensors as numpy arrays keyed by contract name (None options are left out);
+    ``stream``: for the streaming model, which has options of its own (STREAM_OPTIONS)."""
     arrays = {
         "IMAGE": np.array([_image_bytes(image)], dtype=np.object_),
         "PROMPT": np.array([prompt.encode("utf-8")], dtype=np.object_),
     }
+    known = OPTIONAL_INPUTS | STREAM_OPTIONS if stream else OPTIONAL_INPUTS
     for keyword, value in options.items():
-        if keyword not in OPTIONAL_INPUTS:
-            raise TypeError(f"unknown option {keyword!r}; options are {sorted(OPTIONAL_INPUTS)}")
+        if keyword not in known:
+            raise TypeError(f"unknown option {keyword!r}; options are {sorted(known)}")
         if value is None:
             continue
-        spec = I2VGEN_XL.input(OPTIONAL_INPUTS[keyword])
+        spec = I2VGEN_XL_STREAM.input(known[keyword])
         if spec.datatype == "BYTES":
             arrays[spec.name] = np.array([str(value).encode("utf-8")], dtype=np.object_)
         else:
@@ -388,7 +403,7 @@ class Client:
         image: Any,
         prompt: str,
         *,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         frames: bool = True,
         mp4: bool = False,
         priority: int = 0,
@@ -398,21 +413,23 @@ class Client:
         cancel_after_step: int | None = None,
         **options: Any,
     ) -> Video:
-        """Like ``generate`` through the streaming model (gRPC only): ``on_progress(done, total)`` after
-        each denoising step. Setting ``cancel`` (or reaching ``cancel_after_step``) cancels the request:
-        the server stops within a step, and GenerationCancelled is raised."""
+        """Like ``generate`` through the streaming model (gRPC only): ``on_progress(Progress)`` after
+        each denoising step (with a preview every ``preview_interval`` steps, an option of this model).
+        Setting ``cancel`` (or reaching ``cancel_after_step``) cancels the request: the server stops
+        within a step, and GenerationCancelled is raised."""
         if self.protocol != "grpc":
             raise ValueError("streaming needs gRPC: Triton answers decoupled models over HTTP with 501")
-        wanted = ["PROGRESS", "CACHE_HIT"] + [name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag]
-        arrays = request_arrays(image, prompt, **options)
+        wanted = ["PROGRESS", "PREVIEW", "CACHE_HIT"]
+        wanted += [name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag]
+        arrays = request_arrays(image, prompt, stream=True, **options)
         if cancel_after_step is not None:
             cancel = cancel or threading.Event()
             inner = on_progress
 
-            def on_progress(done: int, total: int) -> None:
+            def on_progress(progress: Progress) -> None:
                 if inner is not None:
-                    inner(done, total)
-                if done >= cancel_after_step:
+                    inner(progress)
+                if progress.step >= cancel_after_step:
                     cancel.set()
 
         return self._with_retries(
@@ -421,7 +438,7 @@ class Client:
         )
 
     def _stream_once(self, model: str, arrays: dict[str, np.ndarray], wanted: list[str], priority: int,
-                     on_progress: Callable[[int, int], None] | None, wait: _Wait) -> Video:
+                     on_progress: Callable[[Progress], None] | None, wait: _Wait) -> Video:
         wait.reports_steps = True
         wait.check()
         wanted = self._served_outputs(model, wanted)
@@ -442,7 +459,8 @@ class Client:
                 if progress is not None:
                     wait.step, wait.total = (int(v) for v in progress)
                     if on_progress is not None:
-                        on_progress(wait.step, wait.total)
+                        preview = result.as_numpy("PREVIEW")
+                        on_progress(Progress(wait.step, wait.total, bytes(preview[0]) if preview is not None else None))
                     continue
                 final = result.get_response().parameters.get("triton_final_response")
                 if result.as_numpy("VIDEO") is not None or result.as_numpy("VIDEO_MP4") is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from openspeedy.client.api import Client, GenerationError, GenerationTimeout, RetryPolicy
+from openspeedy.client.api import Client, GenerationError, GenerationTimeout, Progress, RetryPolicy
 
 # What a shell reports for a command ended by SIGINT (128 + 2).
 EXIT_INTERRUPTED = 130
@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
         with Client(args.url, args.protocol, timeout_s=args.timeout, retry=retry, on_retry=_say_retry) as client:
             if stream:
 
-                def progress(done: int, total: int) -> None:
+                def progress(update: Progress) -> None:
                     nonlocal bar
                     if bar is None:  # from the first step on: retry messages before it keep their own lines
-                        bar = tqdm(desc="denoising", unit="step", total=total, file=sys.stderr)
-                    bar.update(done - bar.n)
+                        bar = tqdm(desc="denoising", unit="step", total=update.total, file=sys.stderr)
+                    bar.update(update.step - bar.n)
 
                 video = client.generate_stream(args.image, args.prompt, on_progress=progress, **wanted, **options)
                 _close(bar)

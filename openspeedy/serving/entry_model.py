@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from openspeedy.cache import CacheSettings, EncodingCaches
-from openspeedy.contracts import I2VGEN_XL
+from openspeedy.contracts import I2VGEN_XL, I2VGEN_XL_STREAM
 from openspeedy.model_parameters import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
+from openspeedy.preview import preview_png
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import LoadMetric, ServingMetrics, TritonCacheMetrics
 from openspeedy.serving.triton_io import (
@@ -39,6 +40,8 @@ class GenerationStopped(RuntimeError):
 
 
 class EntryModel:
+    contract = I2VGEN_XL
+
     def initialize(self, args):
         parameters = model_parameters(args)
         version_dir = Path(args["model_repository"]) / args["model_version"]
@@ -83,13 +86,21 @@ class EntryModel:
         return responses
 
     def generate(self, request, on_progress=None) -> list:
-        """Runs one request to its output tensors; ``on_progress(done, total)`` after each step."""
+        """Runs one request to its output tensors; ``on_progress(done, total, preview)`` after each step,
+        ``preview`` the PNG of a live preview at the request's PREVIEW_INTERVAL, else None."""
         if request.is_cancelled():
             # Cancelled while it waited in the queue: answered now, not after its encoders and first step (a
             # storm of cancelled streams otherwise keeps a stop waiting for each queued one to get that far).
             pb_utils.Logger.log_info(f"{self.model_name}: request cancelled before it started; not run")
             raise GenerationStopped("request cancelled before it started", _code("CANCELLED"))
-        generation = parse_request(read_inputs(request, I2VGEN_XL, as_numpy=True), self.settings)
+        generation = parse_request(read_inputs(request, self.contract, as_numpy=True), self.settings, self.contract)
+        wanted = set(request.requested_output_names()) or set(self.contract.output_names)
+        previews = {}  # step -> PNG
+
+        def on_prediction(done: int, total: int, predicted: torch.Tensor) -> None:
+            if generation.previews_at(done):
+                previews[done] = preview_png(predicted)
+
         limit = self.settings.max_request_seconds
         started = last_step = time.monotonic()
 
@@ -106,13 +117,13 @@ class EntryModel:
                     f"request ran past its limit of {limit:g} s after step {done}/{total}", _code("UNAVAILABLE")
                 )
             if on_progress is not None:
-                on_progress(done, total)
+                on_progress(done, total, previews.pop(done, None))
 
         from_cache = []
         with self.metrics.in_flight():
-            video = self.pipeline.generate(generation, on_step, from_cache.append)
+            video = self.pipeline.generate(generation, on_step, from_cache.append,
+                                           on_prediction if "PREVIEW" in wanted else None)
         self.metrics.frames.increment(int(video.shape[0]))
-        wanted = set(request.requested_output_names()) or {"VIDEO", "VIDEO_MP4", "CACHE_HIT"}
         outputs = []
         if "CACHE_HIT" in wanted:
             outputs.append(to_triton("CACHE_HIT", np.array(from_cache[:1] or [False], dtype=np.bool_)))
@@ -131,15 +142,20 @@ class EntryModel:
 
 
 class StreamEntryModel(EntryModel):
-    """Decoupled: PROGRESS (steps done, total) after every step, then the video in the final response."""
+    """Decoupled: PROGRESS (steps done, total) after every step, with a PREVIEW every PREVIEW_INTERVAL
+    steps, then the video in the final response."""
+
+    contract = I2VGEN_XL_STREAM
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
 
-            def progress(done: int, total: int) -> None:
-                tensor = pb_utils.Tensor("PROGRESS", np.array([done, total], dtype=np.int32))
-                sender.send(pb_utils.InferenceResponse(output_tensors=[tensor]))  # noqa: B023 - this request's only
+            def progress(done: int, total: int, preview: bytes | None) -> None:
+                tensors = [pb_utils.Tensor("PROGRESS", np.array([done, total], dtype=np.int32))]
+                if preview is not None:
+                    tensors.append(pb_utils.Tensor("PREVIEW", np.array([preview], dtype=np.object_)))
+                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))  # noqa: B023 - this request's only
 
             try:
                 response = pb_utils.InferenceResponse(output_tensors=self.generate(request, progress))

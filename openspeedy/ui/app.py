@@ -6,12 +6,21 @@ import random
 from pathlib import Path
 
 from openspeedy.client import example_image
-from openspeedy.ui.session import CACHE_NOTE, DEFAULT_KEEP_FILES_S, ERROR_TARGETS, SERVER, Generations, Update
+from openspeedy.ui.session import (
+    CACHE_NOTE,
+    DEFAULT_KEEP_FILES_S,
+    DEFAULT_PREVIEW_INTERVAL,
+    ERROR_TARGETS,
+    SERVER,
+    Generations,
+    Update,
+)
 
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SERVER = "127.0.0.1", 7860, "127.0.0.1:8001"
 # Controls in the order the generate action takes them (also the API endpoint's parameter order).
 OPTION_NAMES = ("negative_prompt", "num_frames", "height", "width", "num_inference_steps", "guidance_scale",
-                "target_fps", "seed", "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
+                "target_fps", "seed", "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end",
+                "preview_interval")
 # Numeric controls that start at the server's default (the model's default_* config parameters).
 DEFAULTED = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "target_fps",
              "feature_reuse_interval", "guidance_interval_start", "guidance_interval_end")
@@ -26,6 +35,7 @@ CSS = """
 .field-error, .field-error * { color: #b91c1c !important; font-weight: 600; }
 #progress progress { width: 100%; height: 14px; }
 #cache-note, #cache-note * { color: #166534 !important; font-weight: 600; }
+#preview img { image-rendering: pixelated; width: 100%; object-fit: contain; }
 """
 
 
@@ -112,6 +122,10 @@ def build(generations: Generations):
                         with gr.Column(min_width=120):
                             numbers[name] = gr.Number(defaults.get(name), label=label, info=info, elem_id=name)
                 error_slot("guidance_interval")  # under both of its fields
+                numbers["preview_interval"] = gr.Number(
+                    DEFAULT_PREVIEW_INTERVAL, label="Preview every", precision=0, elem_id="preview_interval",
+                    info="steps: a rough look at the video while it is made; 0: none")
+                error_slot("preview_interval")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -119,6 +133,8 @@ def build(generations: Generations):
                 progress = gr.HTML(progress_html(None), elem_id="progress")
                 status = gr.Markdown("", elem_id="status")
                 cache_note = gr.Markdown("", elem_id="cache-note")
+                preview = gr.Image(label="Preview (the video so far, roughly)", elem_id="preview", interactive=False,
+                                   visible=False, type="pil", format="png")
                 video = gr.Video(label="Video", elem_id="video", interactive=False)
                 with gr.Row():
                     mp4 = gr.DownloadButton("Download MP4", visible=False, elem_id="download-mp4")
@@ -127,18 +143,23 @@ def build(generations: Generations):
             if name not in errors:  # inputs without a control of their own report beside the server field
                 errors[name] = errors[SERVER]
         options = [negative] + [numbers[name] for name in OPTION_NAMES[1:]]
+        # The API endpoint answers with the MP4 alone: the live preview is the page's.
+        api_options = [control for name, control in zip(OPTION_NAMES, options) if name != "preview_interval"]
         slots = list(dict.fromkeys(errors.values()))
 
         def show(update: Update) -> dict:
             changes = {progress: progress_html(update.progress) if update.progress else gr.skip(),
                        status: update.status}
+            if update.preview is not None:
+                changes[preview] = gr.update(value=update.preview, visible=True)
             messages: dict = {}
             for name, message in update.errors.items():
                 messages.setdefault(errors.get(name, errors[SERVER]), []).append(message)
             for slot in slots:
                 text = " ".join(messages.get(slot, []))
                 changes[slot] = gr.update(value=text, visible=bool(text))
-            if update.done:
+            if update.done:  # the video replaces the preview
+                changes[preview] = gr.update(value=None, visible=False)
                 changes[cache_note] = CACHE_NOTE if update.cache_hit else ""
                 changes[video] = str(update.mp4) if update.mp4 else None
                 for button, path in ((mp4, update.mp4), (gif, update.gif)):
@@ -147,7 +168,8 @@ def build(generations: Generations):
 
         # Gradio fills gr.Request in by its position, so it comes before the options (in OPTION_NAMES' order).
         def on_generate(image_path, prompt_text, typed, has_defaults, request: gr.Request, *option_values):
-            yield {cache_note: "", video: None, mp4: gr.update(visible=False), gif: gr.update(visible=False)}
+            yield {cache_note: "", video: None, mp4: gr.update(visible=False), gif: gr.update(visible=False),
+                   preview: gr.update(value=None, visible=False)}
             values = dict(zip(OPTION_NAMES, option_values, strict=True))
             if not has_defaults:
                 values = left_to_server(values, typed)
@@ -178,7 +200,7 @@ def build(generations: Generations):
             numbers[name].input(lambda names, name=name: names | {name}, typed, typed, queue=False,
                                 api_visibility="private")
 
-        outputs = [progress, status, cache_note, video, mp4, gif, *slots]
+        outputs = [progress, status, cache_note, preview, video, mp4, gif, *slots]
         # Every tab runs its own generation at once: the server's queue, not the page, limits them.
         generate.click(on_generate, [image, prompt, typed, has_defaults, *options], outputs, api_visibility="private",
                        concurrency_limit=None)
@@ -186,7 +208,7 @@ def build(generations: Generations):
         dice.click(random_seed, None, numbers["seed"], queue=False, api_visibility="private")
         # The named API endpoint for programs (gradio_client): the same generation, returning the MP4.
         api_trigger = gr.Button(visible=False)
-        api_trigger.click(api_generate, [image, prompt, *options], gr.File(visible=False), api_name="generate",
+        api_trigger.click(api_generate, [image, prompt, *api_options], gr.File(visible=False), api_name="generate",
                           concurrency_limit=None)
         defaulted = [numbers[name] for name in DEFAULTED]
 

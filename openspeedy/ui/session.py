@@ -7,6 +7,7 @@ bad-input errors name their input), so the page shows each beside its control.
 
 from __future__ import annotations
 
+import io
 import queue
 import shutil
 import tempfile
@@ -17,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from openspeedy.client.api import Client, GenerationCancelled, GenerationError, GenerationTimeout, RetryPolicy
+import PIL.Image
+
+from openspeedy.client.api import (
+    Client,
+    GenerationCancelled,
+    GenerationError,
+    GenerationTimeout,
+    Progress,
+    RetryPolicy,
+)
 
 DEFAULT_RETRY = RetryPolicy()  # frozen: one instance serves every session
 
@@ -38,11 +48,14 @@ CONTROLS = {
     # The opt-in approximations. The interval's error goes beside its two fields (start, end).
     "GUIDANCE_INTERVAL": "guidance_interval",
     "FEATURE_REUSE_INTERVAL": "feature_reuse_interval",
+    "PREVIEW_INTERVAL": "preview_interval",
 }
 SERVER = "server"
 ERROR_TARGETS = (SERVER, *CONTROLS.values())
 INTEGER_OPTIONS = ("num_frames", "height", "width", "num_inference_steps", "target_fps", "seed", "decode_chunk_size",
-                   "feature_reuse_interval")
+                   "feature_reuse_interval", "preview_interval")
+# The page's live preview: every this many steps unless the user picks another interval (0: none).
+DEFAULT_PREVIEW_INTERVAL = 5
 # The page's two fields of GUIDANCE_INTERVAL, and what an empty one means: from the first step, to the last.
 INTERVAL_FIELDS = {"guidance_interval_start": 0.0, "guidance_interval_end": 1.0}
 
@@ -59,6 +72,7 @@ class Update:
 
     status: str = ""
     progress: tuple[int, int] | None = None
+    preview: PIL.Image.Image | None = None  # the video predicted so far (a strip of a few frames)
     errors: dict[str, str] = field(default_factory=dict)
     mp4: Path | None = None
     gif: Path | None = None
@@ -85,6 +99,10 @@ def request_options(values: dict[str, Any]) -> dict[str, Any]:
         elif name == "guidance_scale":
             value = float(value)
         options[name] = value
+    # A preview interval past the steps would be refused: the page's default then previews the last step.
+    steps = options.get("num_inference_steps")
+    if steps and options.get("preview_interval", 0) > steps:
+        options["preview_interval"] = steps
     return options
 
 
@@ -177,8 +195,10 @@ class Generations:
                                      f"of {self.retry.attempts}).",
                               errors={SERVER: why}))
 
-        def on_progress(done: int, total: int) -> None:
-            events.put(Update(status=f"Denoising: step {done} of {total}", progress=(done, total)))
+        def on_progress(progress: Progress) -> None:
+            preview = PIL.Image.open(io.BytesIO(progress.preview)) if progress.preview else None
+            events.put(Update(status=f"Denoising: step {progress.step} of {progress.total}",
+                              progress=(progress.step, progress.total), preview=preview))
 
         client = Client(self.server_url, retry=self.retry, on_retry=on_retry, timeout_s=self.timeout_s)
         try:
