@@ -3,16 +3,18 @@ tritonserver (CPU, tiny model)."""
 
 import concurrent.futures
 import dataclasses
+import io
 import re
 import time
 import urllib.request
 from pathlib import Path
 
+import PIL.Image
 import psutil
 import pytest
 
 from openspeedy.client import Client, GenerationError
-from openspeedy.client.api import NO_RETRY
+from openspeedy.client.api import NO_RETRY, request_arrays
 from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_repository
 from openspeedy.model_config import QueuePolicy
 from openspeedy.server import ServerOptions, TritonServer
@@ -25,12 +27,38 @@ IMAGE = encode(random_image(100, 60, seed=31))
 def test_stream_reports_every_step_then_the_same_video(triton):
     seen = []
     with Client(triton.grpc_url) as client:
-        streamed = client.generate_stream(IMAGE, "a fox", on_progress=lambda d, t: seen.append((d, t)),
+        streamed = client.generate_stream(IMAGE, "a fox", on_progress=seen.append,
                                           num_frames=4, num_inference_steps=6, seed=3, mp4=True)
         plain = client.generate(IMAGE, "a fox", num_frames=4, num_inference_steps=6, seed=3)
-    assert seen == [(i, 6) for i in range(1, 7)]
+    assert [(p.step, p.total) for p in seen] == [(i, 6) for i in range(1, 7)]
+    assert all(p.preview is None for p in seen)  # PREVIEW_INTERVAL 0 (the default): none
     assert streamed.frames.tobytes() == plain.frames.tobytes()
     assert streamed.mp4 is not None
+
+
+def test_stream_sends_a_preview_every_interval_and_the_same_video(triton):
+    seen = []
+    with Client(triton.grpc_url) as client:
+        streamed = client.generate_stream(IMAGE, "a fox", on_progress=seen.append, preview_interval=2,
+                                          num_frames=4, num_inference_steps=6, seed=3)
+        plain = client.generate(IMAGE, "a fox", num_frames=4, num_inference_steps=6, seed=3)
+    assert [p.step for p in seen if p.preview is not None] == [2, 4, 6]
+    previews = [PIL.Image.open(io.BytesIO(p.preview)) for p in seen if p.preview is not None]
+    # Four frames of the 64x64 video side by side, at latent resolution (8x8 each).
+    assert all(image.format == "PNG" and image.size == (4 * 8, 8) for image in previews)
+    assert len({image.tobytes() for image in previews}) == 3  # the prediction changes as the steps go
+    assert streamed.frames.tobytes() == plain.frames.tobytes()  # previews do not change the video
+
+
+def test_preview_interval_is_checked_and_the_plain_model_refuses_it(triton):
+    with Client(triton.grpc_url, retry=NO_RETRY) as client:
+        with pytest.raises(GenerationError, match=r"'PREVIEW_INTERVAL': must be 0 \(off\) up to "
+                                                  r"NUM_INFERENCE_STEPS \(3\), got 4") as caught:
+            client.generate_stream(IMAGE, "x", num_inference_steps=3, preview_interval=4)
+        assert caught.value.input_name == "PREVIEW_INTERVAL"
+        arrays = request_arrays(IMAGE, "x", stream=True, num_inference_steps=3, preview_interval=1)
+        with pytest.raises(GenerationError, match="PREVIEW_INTERVAL"):
+            client.infer_arrays(arrays, model="i2vgen_xl")
 
 
 def test_stream_reports_bad_input_as_an_error(triton):
