@@ -137,6 +137,23 @@ def test_a_generation_shows_progress_a_playable_video_downloads_then_the_cache_n
     assert "came from the server's cache" in page.inner_text("#cache-note")
 
 
+def test_the_preview_changes_during_a_generation_and_the_video_replaces_it(page):
+    fill(page, num_frames=4, height=64, width=64, num_inference_steps=20, seed=5, preview_interval=2)
+    page.evaluate("""() => {
+        window.previewsSeen = [];
+        new MutationObserver(() => {
+            const image = document.querySelector('#preview img');
+            if (image && image.src && window.previewsSeen.at(-1) !== image.src) window.previewsSeen.push(image.src);
+        }).observe(document.body, {subtree: true, childList: true, attributes: true});
+    }""")
+    page.click("#generate")
+    page.wait_for_function(DONE)
+    seen = page.evaluate("window.previewsSeen")
+    assert len(set(seen)) >= 2, seen  # shown in place, and it changed as the steps went
+    assert not page.locator("#preview img").is_visible()  # the video took its place
+    assert page.locator("#video video").count() == 1
+
+
 def test_an_invalid_size_is_shown_beside_its_control(page):
     fill(page, num_frames=2, height=63, width=64, num_inference_steps=2)
     page.click("#generate")
