@@ -4,6 +4,7 @@ redis-server. Every API runs as its own `openspeedy api` process on a loopback p
 
 import dataclasses
 import http.client
+import io
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import openai
+import PIL.Image
 import pytest
 
 from openspeedy.api.jobs import MAX_ATTEMPTS, Job, RedisJobs, new_job_id
@@ -121,6 +123,9 @@ def test_create_poll_download_list_delete_with_the_openai_client(api, triton):
     frames = decode_video(mp4)
     assert frames.shape == (4, 64, 64, 3)
     assert frames.tobytes() == decode_video(expected.mp4).tobytes()
+    # Its last live preview (4 steps: at the last one): 4 frames side by side at latent resolution.
+    thumbnail = PIL.Image.open(io.BytesIO(client.videos.download_content(created.id, variant="thumbnail").read()))
+    assert thumbnail.format == "PNG" and thumbnail.size == (4 * 8, 8)
 
     second = create(client, num_frames=2, num_inference_steps=2, seed=6)
     wait_for(client, second.id, finished)
@@ -152,8 +157,10 @@ def test_delete_while_running_stops_the_server_within_a_step(api):
     client = api.client()
     seen_before = len(_cancelled_steps(TRITON_LOG.read_text()))
     job = create(client, size="128x128", **LONG)
-    running = wait_for(client, job.id, lambda v: v.progress >= 2 or finished(v))
+    running = wait_for(client, job.id, lambda v: v.progress >= 6 or finished(v))  # past the first preview
     assert running.status == "in_progress", running
+    thumbnail = client.videos.download_content(job.id, variant="thumbnail").read()
+    assert PIL.Image.open(io.BytesIO(thumbnail)).size == (4 * 16, 16)  # while it runs: the video so far
     client.videos.delete(job.id)
     deadline = time.monotonic() + 60
     while len(_cancelled_steps(TRITON_LOG.read_text())) == seen_before and time.monotonic() < deadline:
