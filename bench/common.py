@@ -103,9 +103,10 @@ def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[flo
 
 def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 512, **extra: np.ndarray):
     """The benchmark's request: a random 768x512 image cropped to the video size, seed 7; ``extra`` adds
-    contract inputs (the opt-in approximations)."""
+    contract inputs (the opt-in approximations, previews)."""
     from PIL import Image
 
+    from openspeedy.contracts import I2VGEN_XL_STREAM
     from openspeedy.request import RequestSettings, parse_request
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 768, 3), dtype=np.uint8))
@@ -121,7 +122,8 @@ def video_request(steps: int, frames: int = 16, height: int = 512, width: int = 
         "SEED": np.array([7], np.int64),
         "DECODE_CHUNK_SIZE": np.array([0], np.int32),
     }
-    return parse_request(inputs | extra, RequestSettings())
+    # The stream model's inputs: the plain model's and its own (PREVIEW_INTERVAL).
+    return parse_request(inputs | extra, RequestSettings(), I2VGEN_XL_STREAM)
 
 
 def count_unet_flops(unet, inputs) -> int:

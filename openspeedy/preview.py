@@ -7,9 +7,13 @@ decoder at latent resolution (one pixel per latent pixel), a few frames side by 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import PIL.Image
 import torch
+
+if TYPE_CHECKING:
+    from openspeedy.request import GenerationRequest
 
 # Latent-to-RGB approximation of the Stable Diffusion VAE (the kl-f8 autoencoder with 4 latent channels,
 # which I2VGen-XL's VAE is), from ComfyUI's latent preview (comfy/latent_formats.py, class SD15): one row
@@ -48,3 +52,19 @@ def preview_png(latents: torch.Tensor, frames: int = PREVIEW_FRAMES) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(strip).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class Previews:
+    """The pipeline's ``on_prediction`` hook for one request: a preview at each of its PREVIEW_INTERVAL
+    steps, held until the step's progress response takes it (``take``)."""
+
+    def __init__(self, request: "GenerationRequest"):
+        self.request = request
+        self._made: dict[int, bytes] = {}
+
+    def __call__(self, done: int, total: int, predicted: torch.Tensor) -> None:
+        if self.request.previews_at(done):
+            self._made[done] = preview_png(predicted)
+
+    def take(self, step: int) -> bytes | None:
+        return self._made.pop(step, None)

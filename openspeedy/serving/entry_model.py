@@ -16,7 +16,7 @@ from openspeedy.cache import CacheSettings, EncodingCaches
 from openspeedy.contracts import I2VGEN_XL, I2VGEN_XL_STREAM
 from openspeedy.model_parameters import cfg_parallel_gpus, flag
 from openspeedy.pipeline import I2VGenXL
-from openspeedy.preview import preview_png
+from openspeedy.preview import Previews
 from openspeedy.request import RequestSettings, parse_request
 from openspeedy.serving.metrics import LoadMetric, ServingMetrics, TritonCacheMetrics
 from openspeedy.serving.triton_io import (
@@ -95,11 +95,7 @@ class EntryModel:
             raise GenerationStopped("request cancelled before it started", _code("CANCELLED"))
         generation = parse_request(read_inputs(request, self.contract, as_numpy=True), self.settings, self.contract)
         wanted = set(request.requested_output_names()) or set(self.contract.output_names)
-        previews = {}  # step -> PNG
-
-        def on_prediction(done: int, total: int, predicted: torch.Tensor) -> None:
-            if generation.previews_at(done):
-                previews[done] = preview_png(predicted)
+        previews = Previews(generation)
 
         limit = self.settings.max_request_seconds
         started = last_step = time.monotonic()
@@ -117,12 +113,12 @@ class EntryModel:
                     f"request ran past its limit of {limit:g} s after step {done}/{total}", _code("UNAVAILABLE")
                 )
             if on_progress is not None:
-                on_progress(done, total, previews.pop(done, None))
+                on_progress(done, total, previews.take(done))
 
         from_cache = []
         with self.metrics.in_flight():
             video = self.pipeline.generate(generation, on_step, from_cache.append,
-                                           on_prediction if "PREVIEW" in wanted else None)
+                                           previews if "PREVIEW" in wanted else None)
         self.metrics.frames.increment(int(video.shape[0]))
         outputs = []
         if "CACHE_HIT" in wanted:

@@ -34,6 +34,15 @@ def test_end_to_end_benchmark_on_a_cpu(tmp_path):
         assert "temporal_conv2d: applied (" in layout["recipe"][3] and "channels_last: applied (" in layout["recipe"][4]
 
 
+def test_preview_cost_benchmark_times_videos_with_and_without_previews_on_a_cpu(tmp_path):
+    run_module("bench.preview_cost", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
+               "--sizes", "2x64x64", "--steps", "4", "--preview-interval", "2,1", "--variant", "eager",
+               "--repeats", "1")
+    (size,) = json.loads((tmp_path / "out" / "preview_cost.json").read_text())["sizes"]
+    runs = [(run["preview_interval"], run["previews"]) for run in size["runs"]]
+    assert runs == [(0, 0), (2, 2), (1, 4)] and all(run["seconds"] > 0 for run in size["runs"])
+
+
 def test_unet_calls_benchmark_ablates_on_a_cpu(tmp_path):
     """``--ablate``: the options, then the options without each of their techniques (and what needs it)."""
     ablated = "eager,+fuse_qkv,+temporal_conv2d,+channels_last_temporal_convs"
