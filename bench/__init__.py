@@ -7,6 +7,7 @@ GPU, full-size architecture with random weights (one process, one GPU):
   the temporal attention kernel against SDPA;
 - ``bench.decode_and_encode``: chunked VAE decoding and the image-only work a cache hit skips;
 - ``bench.startup``: seconds to a served UNet that has compiled, with Inductor's cache empty and kept;
+- ``bench.preview_cost``: the same video without live previews and with one every N steps;
 - ``bench.gpu_serving`` (through ``bench/gpu_serving.sh``): served against in-process time;
   ``MODULE=bench.multi_gpu_serving bash bench/gpu_serving.sh OUT``: per-GPU placement.
 
