@@ -1,4 +1,4 @@
-"""Replacing submodules of a model in place (the UNet's FP8 linears, temporal convolutions as 2D, GEGLUs)."""
+"""Replacing submodules of a model in place (the UNet's temporal convolutions as 2D, GEGLUs)."""
 
 from __future__ import annotations
 

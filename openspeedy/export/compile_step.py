@@ -47,7 +47,7 @@ def write_compile_artifacts(output: Path, options: ExportOptions) -> dict[str, i
         with tempfile.TemporaryDirectory(prefix="openspeedy-compile-") as caches, mock.patch.dict(
                 os.environ, TORCHINDUCTOR_CACHE_DIR=caches, TRITON_CACHE_DIR=os.path.join(caches, "triton")):
             with compile_artifacts.recording():
-                component = load_component(contract.name, version, device, options.dtype, parameters)
+                component = load_component(contract.name, version, device, parameters["dtype"], parameters)
                 del component
                 written[contract.name] = compile_artifacts.save(version, device)
         for name in names[1:]:

@@ -17,6 +17,7 @@ from openspeedy.export import unet_repository
 from openspeedy.export.options import ExportOptions
 from openspeedy.model_config import InstanceGroup, QueuePolicy, render_config
 from openspeedy.request import RequestSettings
+from openspeedy.unet.fp8 import unet_dtype
 
 # The adapters (model.py) live in the source tree's model_repository/, next to this package folder.
 SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -113,6 +114,7 @@ def component_parameters(contract: contracts.ModelContract, options: ExportOptio
         parameters["warmup_shapes"] = options.warmup_shapes
     if contract is contracts.UNET:
         parameters |= options.unet_options.as_parameters()
+        parameters["dtype"] = unet_dtype(options.unet_options, options.dtype)  # FP8 runs in bfloat16
     if vae_compile_mode:
         parameters["compile_mode"] = vae_compile_mode
     if options.compile_cache_dir and (contract is contracts.UNET or "compile_mode" in parameters):

@@ -1,9 +1,19 @@
-"""FP8 (e4m3) matrix products for the UNet's linear layers on Hopper GPUs, through ``torch._scaled_mm``.
+"""FP8 (e4m3) matrix products for the UNet's linear layers, through torchao (the ``fp8`` extra).
 
-Weights are quantized once at load, activations per call (dynamic scaling), each with one scale per
-tensor. Convolutions, norms and attention's softmax stay in 16-bit. torchao does the same with more
-options but is not installed on our GPU machines; this module is the few lines the issue asks for, and
-its error against 16-bit is reported by the benchmark.
+torchao's ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`` quantizes each weight once,
+one scale per output channel, and each activation at every call, one scale per row (token): one large
+token no longer flattens the others, as a single scale per tensor does. Convolutions, norms and
+attention stay in 16-bit. Lossy: the benchmark reports the video's error against ``fast``'s.
+
+Why bfloat16: torchao's row-wise scaled products take bfloat16 weights only. The FP8 preset therefore
+runs the UNet in bfloat16 (``unet_dtype``: export and the benchmarks give the `unet` model bfloat16
+where the other components are float16; the contract's tensors are float32 either way), rather than
+keeping a hand-written per-tensor ``torch._scaled_mm`` path for float16: one path, the library's,
+which Inductor also knows how to compile.
+
+Where it cannot run (torchao missing, no CUDA GPU of compute capability 8.9 or newer, weights not
+bfloat16) the technique is skipped and the load log says why (openspeedy/unet/recipe.py): the UNet then
+computes in 16-bit, the more exact result.
 """
 
 from __future__ import annotations
@@ -11,42 +21,49 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openspeedy.module_swap import replace_modules
+from openspeedy.unet.options import UNetOptions
 
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
-
-
-def fp8_supported(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+INSTALL = "pip install 'openspeedy[fp8]'"
+DTYPE = torch.bfloat16
 
 
-class Fp8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        weight = linear.weight.detach()
-        self.out_dtype = weight.dtype
-        # Per-tensor weight scale: _scaled_mm with a 16-bit (fp16) output takes per-tensor scales.
-        scale = weight.abs().amax().float().clamp(min=1e-12) / E4M3_MAX
-        # Row-major [out, in]; its transpose is the column-major [in, out] operand _scaled_mm wants.
-        self.register_buffer("weight_fp8", (weight.float() / scale).to(torch.float8_e4m3fn).contiguous())
-        self.register_buffer("weight_scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        scale = flat.abs().amax().float().clamp(min=1e-12) / E4M3_MAX
-        quantized = (flat.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(
-            quantized, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
-            out_dtype=self.out_dtype,
-        )
-        return out.reshape(*shape[:-1], self.out_features)
+def unet_dtype(options: UNetOptions, dtype: str) -> str:
+    """The `unet` model's dtype where the components compute in ``dtype``: bfloat16 in place of float16
+    where ``options`` turn fp8 on (see the module docstring); ``dtype`` otherwise (float32 on CPUs, where
+    FP8 is skipped anyway)."""
+    return "bfloat16" if options.fp8 and dtype == "float16" else dtype
 
 
-def convert_linears_to_fp8(model: nn.Module) -> int:
-    """Replaces every nn.Linear whose sizes the FP8 kernels accept (multiples of 16) in place; returns how many."""
-    return replace_modules(
-        model, lambda m: isinstance(m, nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0, Fp8Linear
-    )
+def fp8_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why FP8 linears cannot run on ``device`` in ``dtype``, or None where they can."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"FP8 needs compute capability 8.9+ (a CUDA GPU: Ada, Hopper or newer), this UNet runs on {device.type}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        return (f"FP8 needs compute capability 8.9+, {torch.cuda.get_device_name(device)} has "
+                f"{capability[0]}.{capability[1]}")
+    try:
+        __import__("torchao.quantization")  # through builtins.__import__, which tests replace
+    except ImportError:
+        return f"torchao is not installed; {INSTALL}"
+    if dtype != DTYPE:
+        return f"torchao's row-wise FP8 takes bfloat16 weights, this UNet is {str(dtype).removeprefix('torch.')}"
+    return None
+
+
+def fits_fp8_kernels(module: nn.Module, _name: str = "") -> bool:
+    """A linear layer whose sizes the FP8 products take (multiples of 16); torchao's ``filter_fn``."""
+    return isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def quantize_linears(model: nn.Module) -> int:
+    """Every linear layer of ``model`` that fits the FP8 kernels to torchao's dynamic row-wise FP8, in
+    place; returns how many."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    count = sum(fits_fp8_kernels(module) for module in model.modules())
+    # set_inductor_config=False: torchao would otherwise change Inductor's global settings, for every
+    # model compiled later in the process (the VAE's too); the UNet's own are inductor_options.
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(model, config, filter_fn=fits_fp8_kernels)
+    return count

@@ -4,12 +4,15 @@
 ``from_parameters`` reads them, refusing a key it does not know (a misspelt key would otherwise turn a
 technique off without a word), and ``as_parameters`` writes them back. A technique that needs another
 (``needs`` in its field's metadata) is refused without it; it may still come first in the order, as
-Inductor's settings come before the compile that uses them. Each technique has one name: the field,
+Inductor's settings come before the compile that uses them. A technique that cannot share the model with
+another (``excludes``) is refused beside it. Each technique has one name: the field,
 the line the runtime logs for it (openspeedy/unet/recipe.py) and the module that implements it.
 
 Presets: ``EAGER`` (diffusers as it is), ``COMPILE`` (what diffusers' speed guide gives in two lines:
 fused QKV and torch.compile's default mode), ``FAST`` (every lossless technique: what export serves on
-GPUs) and ``FP8``. ``parse`` reads the command-line spelling: a preset, then edits separated by commas,
+GPUs) and ``FP8``: ``FAST`` plus FP8 matrix products for the linear layers, less the fused GEGLU that
+would run one of them in 16-bit (lossy: never a default; export serves it only when asked).
+``parse`` reads the command-line spelling: a preset, then edits separated by commas,
 ``-name`` to turn a technique off (``FAST.without``), ``+name`` to turn it on, ``+name=value`` to set
 it: ``fast,-fused_residuals`` or ``fast,+inductor_options=triton.enable_pdl=true``. A value holds no
 comma of its own, so an item without a sign continues the value before it:
@@ -42,15 +45,17 @@ OTHER_PARAMETERS = ("dtype", "runtime", "warmup_shapes", "compile_cache_dir", "F
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
-def _technique(module: str, does: str, needs: tuple[str, ...] = (), default=False):
+def _technique(module: str, does: str, needs: tuple[str, ...] = (), excludes: tuple[str, ...] = (), default=False):
     """A field of UNetOptions: ``module`` implements it, ``does`` says what it does (docs table),
-    ``needs`` names the fields it cannot run without."""
-    return field(default=default, metadata={"module": module, "does": does, "needs": needs, "technique": True})
+    ``needs`` names the fields it cannot run without, ``excludes`` those it cannot run beside."""
+    return field(default=default, metadata={"module": module, "does": does, "needs": needs, "excludes": excludes,
+                                            "technique": True})
 
 
 def _setting(module: str, does: str, default):
     """A field that tunes techniques (not one itself: not logged, not ablated)."""
-    return field(default=default, metadata={"module": module, "does": does, "needs": (), "technique": False})
+    return field(default=default, metadata={"module": module, "does": does, "needs": (), "excludes": (),
+                                            "technique": False})
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,10 @@ class UNetOptions:
         "the temporal convolutions' inputs written channels-last", needs=("temporal_conv2d",))
     fp8: bool = _technique(
         "openspeedy/unet/fp8.py",
-        "linear layers as FP8 (e4m3) matrix products, scaled per tensor (lossy; compute capability 8.9+)")
+        "linear layers as FP8 (e4m3) matrix products with dynamic per-row scales, through torchao (lossy; "
+        "bfloat16, compute capability 8.9+)",
+        # The fused GEGLU computes the feed-forward's first linear layer in its own 16-bit kernel.
+        excludes=("fused_geglu",))
     share_cfg_rows: bool = _technique(
         "openspeedy/unet/share_cfg_rows.py",
         "a CFG pair's layers before the first cross-attention computed once where its rows share the sample")
@@ -110,6 +118,10 @@ class UNetOptions:
             for needed in item.metadata["needs"]:
                 if value and not getattr(self, needed):
                     raise ValueError(f"unet option {item.name} needs {needed} (see openspeedy/unet/options.py)")
+            for excluded in item.metadata["excludes"]:
+                if value and getattr(self, excluded):
+                    raise ValueError(f"unet option {item.name} excludes {excluded}: both change the same layers; "
+                                     f"turn one off (see openspeedy/unet/options.py)")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"unet option compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.cuda_graphs and self.compile_mode == "reduce-overhead":
@@ -219,7 +231,7 @@ FAST = UNetOptions(
     channels_last_joins=True, channels_last_temporal_convs=True, share_cfg_rows=True, compile_mode="default",
     fused_residuals=True, cuda_graphs=True,
 )
-FP8 = UNetOptions(fuse_qkv=True, fp8=True, compile_mode="default")
+FP8 = dataclasses.replace(FAST, fused_geglu=False, fp8=True)
 PRESETS: dict[str, UNetOptions] = {"eager": EAGER, "compile": COMPILE, "fast": FAST, "fp8": FP8}
 
 
@@ -261,5 +273,6 @@ def markdown_table() -> str:
     rows = ["| option | module | what it does |", "|---|---|---|"]
     for item in dataclasses.fields(UNetOptions):
         needs = f" Needs {', '.join(f'`{n}`' for n in item.metadata['needs'])}." if item.metadata["needs"] else ""
-        rows.append(f"| `{item.name}` | `{item.metadata['module']}` | {item.metadata['does']}.{needs} |")
+        excludes = "".join(f" Not with `{name}`." for name in item.metadata["excludes"])
+        rows.append(f"| `{item.name}` | `{item.metadata['module']}` | {item.metadata['does']}.{needs}{excludes} |")
     return "\n".join(rows) + "\n"

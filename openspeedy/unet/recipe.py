@@ -3,10 +3,11 @@ UNetOptions' fields (openspeedy/unet/options.py).
 
 Each step changes the runtime (openspeedy/unet/runtime.py) in place and says what it did, with a count:
 attentions fused or replaced, modules swapped, weights converted, paths compiled or graphed. A technique
-asked for that cannot run here (no CUDA, a GPU older than Hopper, QuACK missing) is skipped, and the
-report says why; one that would change what the model computes without being asked to (FP8 where the
-GPU has no FP8 products) is an error. The runtime logs the report at load (logger ``openspeedy.unet``)
-and keeps it as ``recipe_report`` for the benchmarks' results.
+asked for that cannot run here (no CUDA, a GPU older than Hopper, QuACK or torchao missing) is skipped,
+and the report says why: the model then computes as diffusers does (FP8 skipped stays 16-bit, the more
+exact result). One whose requirement the model itself lacks (share_cfg_rows on another architecture)
+is an error. The runtime logs the report at load (logger ``openspeedy.unet``) and keeps it as
+``recipe_report`` for the benchmarks' results.
 
 The module steps come first, in an order that matters: the temporal attention processors after
 fuse_qkv (which resets the processors), the layouts after the 2D temporal convolutions they wrap, FP8
@@ -23,8 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from openspeedy import contracts
 from openspeedy.compilation import compiler, parse_inductor_options
 from openspeedy.cuda_graphs import GraphedCallable
-from openspeedy.unet import fused_geglu, fused_residuals, layout, share_cfg_rows
-from openspeedy.unet.fp8 import convert_linears_to_fp8, fp8_supported
+from openspeedy.unet import fp8, fused_geglu, fused_residuals, layout, share_cfg_rows
 from openspeedy.unet.options import UNetOptions
 from openspeedy.unet.temporal_attention import use_temporal_attention
 
@@ -79,9 +79,10 @@ def _channels_last_temporal_convs(unet: UNet) -> Detail:
 
 
 def _fp8(unet: UNet) -> Detail:
-    if not fp8_supported(unet.device):
-        raise ValueError("unet: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
-    return f"{convert_linears_to_fp8(unet.model)} linear layers swapped"
+    reason = fp8.fp8_unavailable(unet.device, unet.dtype)
+    if reason is not None:
+        raise Skipped(reason)
+    return f"{fp8.quantize_linears(unet.model)} linear layers quantized to FP8 (row-wise scales)"
 
 
 def _share_cfg_rows(unet: UNet) -> Detail:

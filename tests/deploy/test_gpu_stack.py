@@ -1,5 +1,5 @@
 """The GPU stack in one place: requirements/gpu-lock.txt against docker/Dockerfile, pyproject.toml's
-hopper and server extras and bench/gpu_serving.sh, and requirements/locks.py, which the image build and
+hopper, fp8 and server extras and bench/gpu_serving.sh, and requirements/locks.py, which the image build and
 the GPU benchmark script run to hold themselves to the lock.
 
 Text comparisons only: CUDA torch cannot be installed on the machines that run these tests.
@@ -61,6 +61,7 @@ def test_gpu_lock_pins_the_benchmarked_stack():
     assert pins["quack-kernels"] == "0.6.5"
     assert pins["nvidia-cutlass-dsl"] == pins["nvidia-cutlass-dsl-libs-cu13"] == "4.8.1"
     assert pins["diffusers"] == "0.42.1"
+    assert pins["torchao"] == "0.18.0"  # the version carried to the GPU machine
     assert pins["transformers"].startswith("5.17.")
     # pyproject.toml's core dependency (numpy<2) must admit the lock's NumPy.
     core = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
@@ -79,17 +80,18 @@ def test_a_lock_holds_exact_pins_only(tmp_path, text, message):
         locks.read_lock(lock)
 
 
-def test_hopper_extra_pins_equal_the_gpu_lock():
+@pytest.mark.parametrize("extra", ["hopper", "fp8"])
+def test_gpu_extra_pins_equal_the_gpu_lock(extra):
     pins = locks.read_lock(GPU_LOCK)
-    hopper = extras()["hopper"]
-    assert hopper, "the hopper extra is empty"
-    for requirement in hopper:
+    requirements = extras()[extra]
+    assert requirements, f"the {extra} extra is empty"
+    for requirement in requirements:
         specifiers = list(requirement.specifier)
         assert len(specifiers) == 1 and specifiers[0].operator == "==", f"{requirement} is not an exact pin"
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{requirement.name} (hopper extra) is not in {GPU_LOCK.name}"
+        assert name in pins, f"{requirement.name} ({extra} extra) is not in {GPU_LOCK.name}"
         assert specifiers[0].version == pins[name], \
-            f"{requirement.name}: hopper extra {specifiers[0].version}, {GPU_LOCK.name} {pins[name]}"
+            f"{requirement.name}: {extra} extra {specifiers[0].version}, {GPU_LOCK.name} {pins[name]}"
 
 
 def environment(system: str, machine: str, python: str) -> dict[str, str]:
@@ -97,10 +99,10 @@ def environment(system: str, machine: str, python: str) -> dict[str, str]:
             "sys_platform": system.lower(), "extra": ""}
 
 
-def hopper_applies(env: dict[str, str]) -> bool:
-    """Whether installing the server extra in ``env`` brings the hopper extra (QuACK and the DSL)."""
+def extra_applies(env: dict[str, str], extra: str = "hopper") -> bool:
+    """Whether installing the server extra in ``env`` brings ``extra`` (hopper: QuACK and the DSL; fp8: torchao)."""
     server = extras()["server"]
-    return any(r.name == "openspeedy" and "hopper" in r.extras and (r.marker is None or r.marker.evaluate(env))
+    return any(r.name == "openspeedy" and extra in r.extras and (r.marker is None or r.marker.evaluate(env))
                for r in server)
 
 
@@ -112,8 +114,9 @@ def hopper_applies(env: dict[str, str]) -> bool:
     (environment("Darwin", "arm64", "3.12"), False),
     (environment("Windows", "AMD64", "3.12"), False),
 ])
-def test_server_extra_brings_quack_on_linux_x86_64_with_python_3_12(env, expected):
-    assert hopper_applies(env) is expected
+def test_server_extra_brings_quack_and_torchao_on_linux_x86_64_with_python_3_12(env, expected):
+    assert extra_applies(env, "hopper") is expected
+    assert extra_applies(env, "fp8") is expected
 
 
 def test_cpu_install_never_resolves_the_extras():
@@ -123,7 +126,7 @@ def test_cpu_install_never_resolves_the_extras():
     assert "-r requirements/lock.txt" in install
     assert re.search(r"pip install .*--no-deps -e \.$", install, re.M)
     cpu = locks.read_lock(CPU_LOCK)
-    assert not [name for name in cpu if name.startswith(("quack", "nvidia-cutlass-dsl"))]
+    assert not [name for name in cpu if name.startswith(("quack", "nvidia-cutlass-dsl", "torchao"))]
 
 
 # --- the Dockerfile -----------------------------------------------------------------------------------------
@@ -150,7 +153,7 @@ def test_dockerfile_torch_index_and_python_are_the_locks():
     lock_python = re.search(r"for CPython (\d+\.\d+)", GPU_LOCK.read_text()).group(1)
     assert args["PYTHON_VERSION"] == lock_python
     # The server extra's QuACK marker admits the image's Python.
-    assert hopper_applies(environment("Linux", "x86_64", args["PYTHON_VERSION"]))
+    assert extra_applies(environment("Linux", "x86_64", args["PYTHON_VERSION"]))
 
 
 def test_base_image_is_a_cuda_13_triton_release_with_the_chunked_encoding_fix():

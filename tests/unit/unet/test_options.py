@@ -24,7 +24,9 @@ def test_fast_is_every_lossless_technique_that_was_served():
         "share_cfg_rows": "true", "fused_residuals": "true", "compile_mode": "default", "cuda_graphs": "true"}
     assert COMPILE.as_parameters() == {"fuse_qkv": "true", "compile_mode": "default"}  # diffusers' two lines
     assert EAGER.as_parameters() == {}
-    assert FP8.techniques_on == ("fuse_qkv", "fp8", "compile_mode")
+    assert FP8.techniques_on == (  # fast's, but FP8 linears in place of the fused GEGLU
+        "fuse_qkv", "temporal_attention", "temporal_conv2d", "channels_last", "channels_last_joins",
+        "channels_last_temporal_convs", "fp8", "share_cfg_rows", "fused_residuals", "compile_mode", "cuda_graphs")
 
 
 @pytest.mark.parametrize("options", [*PRESETS.values(), FAST.without("fused_residuals"),
@@ -49,6 +51,7 @@ def test_other_parameters_of_the_unet_config_pass():
     ({"compile_mode": "fast"}, "compile_mode must be one of"),
     ({"channels_last_temporal_convs": "true"}, "channels_last_temporal_convs needs temporal_conv2d"),
     ({"fused_residuals": "true"}, "fused_residuals needs compile_mode"),
+    ({"fp8": "true", "fused_geglu": "true"}, "fp8 excludes fused_geglu"),
     ({"inductor_options": "freezing=true"}, "inductor_options needs compile_mode"),
     ({"compile_mode": "default", "inductor_options": "bogus=1"}, "Inductor has no setting 'bogus'"),
     ({"compile_mode": "reduce-overhead", "cuda_graphs": "true"}, "cuda_graphs with compile_mode reduce-overhead"),
@@ -109,3 +112,4 @@ def test_markdown_table_has_a_row_an_option_in_the_order_applied():
     assert names == [item.name for item in dataclasses.fields(UNetOptions)]
     assert "| `fused_residuals` | `openspeedy/unet/fused_residuals.py` |" in markdown_table()
     assert "Needs `compile_mode`." in rows[2 + names.index("fused_residuals")]
+    assert "Not with `fused_geglu`." in rows[2 + names.index("fp8")]

@@ -24,7 +24,7 @@ from openspeedy.export.__main__ import main as export_main
 from openspeedy.export.options import ExportOptions
 from openspeedy.export.repository import TINY_SETTINGS, model_configs
 from openspeedy.unet import recipe
-from openspeedy.unet.options import COMPILE, EAGER, FAST, FP8, PRESETS, UNetOptions
+from openspeedy.unet.options import COMPILE, EAGER, FAST, PRESETS, UNetOptions
 from tests.helpers import parse as parse_config
 
 # What each technique reports when it runs on a CPU.
@@ -36,6 +36,7 @@ ON_CPU = {
     "channels_last": r"applied \([1-9]\d* convolution weights converted\)",
     "channels_last_joins": r"applied \([1-9]\d* up block resnets wrapped\)",
     "channels_last_temporal_convs": r"applied \([1-9]\d* temporal convolutions wrapped\)",
+    "fp8": r"skipped: FP8 needs compute capability 8\.9\+ \(a CUDA GPU: Ada, Hopper or newer\), this UNet runs on cpu",
     "share_cfg_rows": r"applied \(3 inputs sent with one row where a pair shares them\)",
     "inductor_options": r"applied \(\d+ Inductor settings: .*\)",
     "fused_residuals": r"skipped: it runs on CUDA GPUs only; the additions stay Inductor's",
@@ -43,7 +44,7 @@ ON_CPU = {
     "cuda_graphs": r"skipped: CUDA graphs need a CUDA device, this UNet runs on cpu",
 }
 NEUTRAL_ON_CPU = {"temporal_attention", "fused_geglu", "fused_residuals", "compile_mode", "cuda_graphs"}
-VARIANTS = {name: options for name, options in PRESETS.items() if options is not FP8} | {
+VARIANTS = dict(PRESETS) | {
     f"fast,-{name}": FAST.without(name) for name in FAST.techniques_on}
 
 
@@ -137,9 +138,11 @@ def test_techniques_that_change_nothing_on_a_cpu_give_fasts_prediction_bit_for_b
     assert torch.equal(loaded[f"fast,-{technique}"][0], loaded["fast"][0])
 
 
-def test_fp8_is_an_error_on_a_cpu(tiny_checkpoint):
-    with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
-        load_component("unet", tiny_checkpoint, options=FP8.as_parameters())
+def test_fp8_skipped_on_a_cpu_gives_fasts_prediction_bit_for_bit(loaded):
+    """The lossy preset where it cannot run: its other techniques are fast's (the fused GEGLU it leaves out
+    is skipped on a CPU too), so nothing else changes."""
+    assert torch.equal(loaded["fp8"][0], loaded["fast"][0])
+    assert "fp8: skipped: FP8 needs compute capability 8.9+" in "\n".join(loaded["fp8"][1])
 
 
 def test_export_writes_the_options_the_loader_reads(tmp_path):
