@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (no network, its own python3 with torch, transformers and pytest): a virtual
 # environment at /tmp/venv over that python3, plus what the machine lacks, carried as wheels in .whl/:
-# diffusers, and QuACK with the CUTLASS DSL for the UNet's fused GEGLU and residual GEMMs.
+# diffusers, QuACK with the CUTLASS DSL for the UNet's fused GEGLU and residual GEMMs, and torchao for
+# the fp8 preset's linear layers.
 #
 #   bash bench/gpu_env.sh libs      # .whl/ holds cutlass_cu13.tar.xz alone (see below)
 #   bash bench/gpu_env.sh install   # .whl/ holds the other wheels; then use /tmp/venv/bin/python
@@ -13,9 +14,10 @@
 #   unzip -q nvidia_cutlass_dsl_libs_cu13-*.whl -d x && tar cf - -C x . | xz -9 > .whl/cutlass_cu13.tar.xz
 # The other wheels (--no-deps, cp312 manylinux): diffusers, importlib_metadata, zipp, quack-kernels,
 # nvidia-cutlass-dsl, nvidia-cutlass-dsl-libs-core, nvidia-cutlass-dsl-libs-base, apache-tvm-ffi,
-# torch-c-dlpack-ext, at the versions of requirements/gpu-lock.txt; and tritonclient-py.tar.xz (the
-# tritonclient package of the tritonclient 2.51.0 wheel without perf_analyzer, 45 KB as xz), which the
-# unit tests that read model configs import, so that `make test-gpu` collects every module there.
+# torch-c-dlpack-ext, torchao (3.4 MB, its cp310-abi3 wheel), at the versions of requirements/gpu-lock.txt;
+# and tritonclient-py.tar.xz (the tritonclient package of the tritonclient 2.51.0 wheel without
+# perf_analyzer, 45 KB as xz), which the unit tests that read model configs import, so that
+# `make test-gpu` collects every module there.
 set -euo pipefail
 VENV=/tmp/venv
 
@@ -52,7 +54,7 @@ case "${1:?usage: gpu_env.sh libs|install}" in
 import importlib
 import torch
 versions = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name()}
-for name in ("diffusers", "transformers", "numpy", "quack", "cutlass", "tritonclient.grpc"):
+for name in ("diffusers", "transformers", "numpy", "quack", "cutlass", "torchao", "tritonclient.grpc"):
     try:
         module = importlib.import_module(name)
         versions[name] = getattr(module, "__version__", "imported")
