@@ -1,8 +1,8 @@
 """OpenSpeedy's benchmarks, each a module run from the repository root (``python -m bench.NAME --help``).
 
 GPU, full-size architecture with random weights (one process, one GPU):
-- ``bench.end_to_end``: whole videos, diffusers eager and diffusers + torch.compile against OpenSpeedy's
-  UNet variants and opt-in approximations, with speed-ups and output differences;
+- ``bench.end_to_end``: whole videos, diffusers (eager, compiled, tuned as its speed guide says) against
+  OpenSpeedy's UNet variants and opt-in approximations, with speed-ups, compile times and output differences;
 - ``bench.unet_calls``: one UNet call per variant (ms, TFLOP/s, error), feature reuse's shallow path,
   the temporal attention kernel against SDPA;
 - ``bench.decode_and_encode``: chunked VAE decoding and the image-only work a cache hit skips;

@@ -1,20 +1,23 @@
 """What every benchmark shares: the device and its description, timing with peak memory, the benchmark's
-request, OpenSpeedy's pipeline and diffusers' (eager or compiled) on the same weights and noise, the
-differences between their outputs, FLOP counting, and Triton's statistics.
+request, OpenSpeedy's pipeline and diffusers' (the peers: eager, compiled, tuned as its speed guide says) on
+the same weights and noise, each one's compile time, the differences between their outputs, FLOP
+counting, and Triton's statistics.
 
 Benchmarks run as modules from the repository root (``python -m bench.end_to_end ...``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
+import math
 import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -147,53 +150,115 @@ def client_options(request) -> dict:
                 decode_chunk_size=request.decode_chunk_size)
 
 
+class Measured(NamedTuple):
+    """One pipeline's video, timed."""
+
+    seconds: float
+    peak_bytes: int
+    video: np.ndarray  # uint8 frames
+    latents: torch.Tensor  # the final latents, float32 on the CPU
+    compile_s: float | None  # seconds the first warm-up call took beyond a warm one; None without a warm-up
+
+
+def warm_up(run: Callable[[Any], Any], warmup_request) -> float:
+    """Runs ``warmup_request`` twice; returns the seconds the first call (compiling, capturing CUDA graphs,
+    autotuning) took beyond the second, warm one: the pipeline's compile time at this size."""
+    seconds = []
+    for _ in range(2):
+        synchronize()
+        start = time.perf_counter()
+        run(warmup_request)
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds[0] - seconds[1]
+
+
 def openspeedy_pipeline(checkpoint: Path, components) -> I2VGenXL:
     scheduler = json.loads((checkpoint / "scheduler" / "scheduler_config.json").read_text())
     scaling = json.loads((checkpoint / "vae" / "config.json").read_text())["scaling_factor"]
     return I2VGenXL(LocalModels(components), scheduler, scaling, DEVICE)
 
 
-def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2, warmup_request=None):
-    """Seconds, peak bytes, uint8 frames and final latents of OpenSpeedy's pipeline, in process.
+def run_openspeedy(checkpoint: Path, components, request, repeats: int = 2, warmup_request=None) -> Measured:
+    """OpenSpeedy's pipeline in process, timed.
 
-    ``warmup_request`` (a few steps at the same size) warms up instead of one more full video."""
+    ``warmup_request`` (a few steps at the same size) warms up instead of one more full video, and gives
+    the compile time (warm_up)."""
     pipeline = openspeedy_pipeline(checkpoint, components)
 
     def run(this=request):
         latents = pipeline.denoise(this)
         return pipeline.decode(latents, this.decode_chunk_size), latents
 
-    if warmup_request is not None:
-        run(warmup_request)
+    compile_s = warm_up(run, warmup_request) if warmup_request is not None else None
     seconds, peak, (video, latents) = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
-    return seconds, peak, video.cpu().numpy(), latents.float().cpu()
+    return Measured(seconds, peak, video.cpu().numpy(), latents.float().cpu(), compile_s)
 
 
-def reference_pipeline(checkpoint: Path, dtype: torch.dtype, compiled: bool = False):
-    """diffusers' I2VGenXLPipeline on the checkpoint; ``compiled``: what a user who wants speed writes,
-    ``pipe.unet.fuse_qkv_projections(); pipe.unet = torch.compile(pipe.unet)`` (default mode)."""
+# The peers, diffusers' I2VGenXLPipeline (SDPA) as a user runs it (reference_pipeline says how).
+PEERS = ("diffusers", "diffusers-compile", "diffusers-tuned")
+
+# The Inductor settings of diffusers' speed guide ("Accelerate inference of text-to-image diffusion
+# models", its torch.compile section), which it sets globally before compiling.
+SPEED_GUIDE_INDUCTOR = dict(conv_1x1_as_mm=True, coordinate_descent_tuning=True, epilogue_fusion=False,
+                            coordinate_descent_check_all_directions=True)
+
+
+def reference_pipeline(checkpoint: Path, dtype: torch.dtype, peer: str = "diffusers"):
+    """diffusers' I2VGenXLPipeline on the checkpoint, as ``peer`` (one of PEERS):
+
+    - ``diffusers``: eager;
+    - ``diffusers-compile``: what a user who wants speed writes, ``pipe.unet.fuse_qkv_projections();
+      pipe.unet = torch.compile(pipe.unet)`` (default mode);
+    - ``diffusers-tuned``: diffusers' speed guide where it applies: fused QKV projections (UNet and VAE),
+      the VAE channels-last, ``torch.compile(..., mode="max-autotune", fullgraph=True)`` of the UNet and
+      of ``vae.decode``, under SPEED_GUIDE_INDUCTOR (reference_settings). The UNet keeps its layout: the
+      guide's ``pipe.unet.to(memory_format=torch.channels_last)`` fails on this UNet's Conv3d weights
+      ("required rank 4 tensor"). The guide's bfloat16 is left out so that every pipeline of a run
+      computes in the same dtype, and its dynamic int8 quantization since it is lossy."""
     from diffusers import I2VGenXLPipeline
 
+    if peer not in PEERS:
+        raise ValueError(f"unknown peer {peer!r}; the peers are {', '.join(PEERS)}")
     reference = I2VGenXLPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(DEVICE)
     # transformers 5 flattened CLIPTextModel; the deprecated pipeline still reads `.text_model` for its
     # default clip_skip. An attribute, not a registered submodule, restores it.
     object.__setattr__(reference.text_encoder, "text_model", reference.text_encoder)
     reference.set_progress_bar_config(disable=True)
-    if compiled:
+    if peer == "diffusers-compile":
         reference.unet.fuse_qkv_projections()
         reference.unet = torch.compile(reference.unet)
+    elif peer == "diffusers-tuned":
+        reference.unet.fuse_qkv_projections()
+        reference.vae.fuse_qkv_projections()
+        reference.vae.to(memory_format=torch.channels_last)
+        reference.unet = torch.compile(reference.unet, mode="max-autotune", fullgraph=True)
+        reference.vae.decode = torch.compile(reference.vae.decode, mode="max-autotune", fullgraph=True)
     return reference
 
 
+def reference_settings(peer: str):
+    """The Inductor settings ``peer`` compiles under, for as long as it runs: the guide sets them for the
+    whole process, which here would change how every later pipeline compiles."""
+    if peer == "diffusers-tuned":
+        return torch._inductor.config.patch(SPEED_GUIDE_INDUCTOR)
+    return contextlib.nullcontext()
+
+
 def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 2, warmup_request=None,
-                  compiled: bool = False):
-    """Seconds, peak bytes, uint8 frames and final latents of diffusers' I2VGenXLPipeline (SDPA), eager or
-    ``compiled`` (see reference_pipeline), same seed and noise as OpenSpeedy; ``warmup_request`` as in
-    run_openspeedy."""
+                  peer: str = "diffusers") -> Measured:
+    """diffusers' I2VGenXLPipeline as ``peer`` (see reference_pipeline), timed, with the same seed and
+    noise as OpenSpeedy; ``warmup_request`` as in run_openspeedy."""
+    with reference_settings(peer):
+        return _run_reference(checkpoint, dtype, request, repeats, warmup_request, peer)
+
+
+def _run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int, warmup_request, peer: str
+                   ) -> Measured:
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.utils.torch_utils import randn_tensor
 
-    reference = reference_pipeline(checkpoint, dtype, compiled)
+    reference = reference_pipeline(checkpoint, dtype, peer)
     # OpenSpeedy draws all noise in float32 on the CPU (a seed gives the same video on any device and
     # precision); the reference draws it in the pipeline's dtype, and its VAE posterior noise from the
     # GPU's global generator. Hand the reference the same noise, or the comparison measures the noise.
@@ -225,10 +290,9 @@ def run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int = 
         finally:
             DiagonalGaussianDistribution.sample = original
 
-    if warmup_request is not None:
-        run(warmup_request)
+    compile_s = warm_up(run, warmup_request) if warmup_request is not None else None
     seconds, peak, video = timed(run, repeats=repeats, warmup=0 if warmup_request else 1)
-    return seconds, peak, (video * 255).round().astype(np.uint8), final_latents[0]
+    return Measured(seconds, peak, (video * 255).round().astype(np.uint8), final_latents[0], compile_s)
 
 
 def difference(ours: np.ndarray, reference: np.ndarray, ours_latents=None, reference_latents=None) -> dict:
@@ -239,6 +303,13 @@ def difference(ours: np.ndarray, reference: np.ndarray, ours_latents=None, refer
     if ours_latents is not None:
         result["latents_relative_l2"] = float((ours_latents - reference_latents).norm() / reference_latents.norm())
     return result
+
+
+def psnr_db(ours: np.ndarray, reference: np.ndarray) -> float | None:
+    """Peak signal-to-noise ratio of uint8 frames against ``reference``, in dB; None where they are equal
+    (infinite, which JSON cannot hold)."""
+    mse = float(np.mean((ours.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return None if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:

@@ -103,8 +103,8 @@ def measure_in_process(args, export: ExportOptions, request, suffix: str = "") -
     components = {name: load_component(name, args.checkpoint, DEVICE, "float16", model_config_parameters(export, name))
                   for name in COMPONENT_CLASSES}
     results = {}
-    results["in_process_s" + suffix], _, frames, _ = run_openspeedy(args.checkpoint, components, request,
-                                                                     repeats=args.requests)
+    measured = run_openspeedy(args.checkpoint, components, request, repeats=args.requests)
+    results["in_process_s" + suffix], frames = measured.seconds, measured.video
     unet = SynchronizedUNet(components["unet"])
     results["in_process_synchronized_per_step_s" + suffix], *_ = run_openspeedy(
         args.checkpoint, components | {"unet": unet}, request, repeats=args.requests)

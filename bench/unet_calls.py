@@ -42,13 +42,14 @@ from openspeedy.components import load_component
 from openspeedy.contracts import UNET
 from openspeedy.example_inputs import as_cfg_pair, example_inputs
 from openspeedy.model_parameters import parse_shapes
+from openspeedy.unet.fp8 import unet_dtype
 from openspeedy.unet.options import PRESETS, UNetOptions
 
 
 def load(checkpoint: Path, options: UNetOptions, dtype: str):
     synchronize()
     started = time.perf_counter()
-    unet = load_component("unet", checkpoint, DEVICE, dtype, options.as_parameters())
+    unet = load_component("unet", checkpoint, DEVICE, unet_dtype(options, dtype), options.as_parameters())
     return unet, started
 
 
@@ -64,7 +65,7 @@ def prepare(checkpoint: Path, variants: dict[str, UNetOptions], size: str, dtype
         variant, options = item
         parameters = options.as_parameters() | {"warmup_shapes": size}
         code = ("from openspeedy.components import load_component; "
-                f"load_component('unet', {str(checkpoint)!r}, 'cuda', {dtype!r}, {parameters!r})")
+                f"load_component('unet', {str(checkpoint)!r}, 'cuda', {unet_dtype(options, dtype)!r}, {parameters!r})")
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         with log.open("a") as file:

@@ -1,5 +1,6 @@
 """The GPU benchmarks' pieces, run on a CPU with the tiny architecture as modules from the repository root:
-the end-to-end script runs and agrees with the reference pipeline it compares against, the UNet-call
+the end-to-end script runs and agrees with the reference pipeline it compares against (the fp8 preset
+skipped there, compared with `fast`; the tuned peer as diffusers' speed guide builds it), the UNet-call
 script counts FLOPs and times each variant, the pipeline diagnostic accounts for every model call, the group
 norm probe compiles under each Inductor setting (tests/server checks the served UNet's timing adapter)."""
 
@@ -7,31 +8,96 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from tests.helpers import ROOT
 
 LAYOUT = "eager,+temporal_conv2d,+channels_last"  # the UNet's options, as the benchmarks spell them
 
 
-def run_module(module: str, *args: str) -> None:
+def run_module(module: str, *args: str, timeout: int = 600) -> None:
     subprocess.run([sys.executable, "-m", module, "--smoke", *args], cwd=ROOT, check=True, capture_output=True,
-                   timeout=600)
+                   timeout=timeout)
+
+
+# fast and fp8 without compile (minutes on a CPU): fp8 is skipped there, the rest is fast's.
+FAST, FP8 = "fast,-compile_mode", "fp8,-compile_mode"
 
 
 def test_end_to_end_benchmark_on_a_cpu(tmp_path):
     run_module("bench.end_to_end", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
-               "--sizes", "2x64x64,3x64x96", "--peers", "diffusers", "--variants", f"eager;{LAYOUT}",
+               "--sizes", "2x64x64,3x64x96", "--peers", "diffusers", "--variants", f"eager;{LAYOUT};{FAST};{FP8}",
                "--steps", "2")
     results = json.loads((tmp_path / "out" / "end_to_end.json").read_text())
     assert [(s["frames"], s["height"], s["width"]) for s in results["sizes"]] == [(2, 64, 64), (3, 64, 96)]
+    assert results["peers"] == ["diffusers"] and results["compile_cache_dir"] == ""
     for size in results["sizes"]:
-        reference, eager, layout = size["pipelines"]
+        reference, eager, layout, fast, fp8 = size["pipelines"]
         assert reference["pipeline"] == "diffusers" and reference["seconds"] > 0
+        assert all(isinstance(row["compile_s"], float) for row in size["pipelines"])
         assert eager["pipeline"] == "openspeedy-eager" and eager["speedup_vs_diffusers"] > 0
         # float32 on a CPU: OpenSpeedy's denoising is the reference's arithmetic, step for step; the VAE
         # decodes several frames per call where the reference decodes one, which can move a rounding
         assert eager["latents_relative_l2"] == 0.0 and eager["max_abs_uint8"] <= 1 and eager["relative_l2"] < 1e-3
         assert layout["pipeline"] == f"openspeedy-{LAYOUT}" and layout["latents_relative_l2"] < 1e-5
         assert "temporal_conv2d: applied (" in layout["recipe"][3] and "channels_last: applied (" in layout["recipe"][4]
+        # The lossy preset against fast of the same edits: skipped on a CPU, so the same video.
+        assert "fp8: skipped: FP8 needs compute capability 8.9+" in "\n".join(fp8["recipe"])
+        assert fp8["speedup_vs_fast"] > 0 and fp8["relative_l2_vs_fast"] == 0.0 and fp8["psnr_db_vs_fast"] is None
+        assert "speedup_vs_fast" not in fast and fast["latents_relative_l2"] < 1e-5
+
+
+def test_an_unknown_peer_is_refused_naming_the_peers(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.end_to_end", "--smoke", "--out", str(tmp_path),
+                             "--peers", "diffusers,diffusers-fast"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "--peers: unknown diffusers-fast; the peers are diffusers, diffusers-compile, diffusers-tuned" in (
+        result.stderr)
+
+
+def test_the_tuned_peer_is_diffusers_speed_guide_where_it_applies(tmp_path):
+    """Built, not run (its max-autotune compile takes about 10 minutes on a 2-core CPU; the slow test runs it)."""
+    from bench.common import SPEED_GUIDE_INDUCTOR, ensure_checkpoint, reference_pipeline, reference_settings
+
+    dtype = ensure_checkpoint(tmp_path / "ck", smoke=True)
+    pipe = reference_pipeline(tmp_path / "ck", dtype, "diffusers-tuned")
+    assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert pipe.vae.decode.__wrapped__.__name__ == "decode"  # torch.compile's wrapper of the bound method
+    assert any(getattr(module, "fused_projections", False) for module in pipe.unet.modules())
+    convs = [m.weight for m in pipe.vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(weight.is_contiguous(memory_format=torch.channels_last) for weight in convs)
+    assert all(parameter.is_contiguous() for parameter in pipe.unet.parameters())  # the UNet keeps its layout
+    assert SPEED_GUIDE_INDUCTOR == dict(conv_1x1_as_mm=True, coordinate_descent_tuning=True, epilogue_fusion=False,
+                                        coordinate_descent_check_all_directions=True)
+    import torch._inductor.config as inductor
+
+    before = {name: getattr(inductor, name) for name in SPEED_GUIDE_INDUCTOR}
+    with reference_settings("diffusers-tuned"):
+        assert {name: getattr(inductor, name) for name in SPEED_GUIDE_INDUCTOR} == SPEED_GUIDE_INDUCTOR
+    assert {name: getattr(inductor, name) for name in SPEED_GUIDE_INDUCTOR} == before  # only while it runs
+    with reference_settings("diffusers-compile"):
+        assert {name: getattr(inductor, name) for name in SPEED_GUIDE_INDUCTOR} == before
+    with pytest.raises(ValueError, match="unknown peer 'diffusers-fast'"):
+        reference_pipeline(tmp_path / "ck", dtype, "diffusers-fast")
+
+
+@pytest.mark.slow
+def test_the_tuned_peer_runs_and_its_second_run_compiles_from_the_on_disk_caches(tmp_path):
+    """The tuned peer end to end on a CPU (full graphs, the guide's settings), twice on one cache directory:
+    the second run finds the first's files there and compiles faster."""
+    runs = []
+    for name in ("first", "second"):
+        run_module("bench.end_to_end", "--out", str(tmp_path / name), "--checkpoint", str(tmp_path / "ck"),
+                   "--sizes", "2x64x64", "--peers", "diffusers,diffusers-tuned", "--variants", "", "--steps", "2",
+                   "--compile-cache-dir", str(tmp_path / "cache"), timeout=1800)
+        runs.append(json.loads((tmp_path / name / "end_to_end.json").read_text()))
+    assert runs[0]["compile_cache_files_before"] == 0 and runs[1]["compile_cache_files_before"] > 0
+    tuned = [run["sizes"][0]["pipelines"][1] for run in runs]
+    assert [row["pipeline"] for row in tuned] == ["diffusers-tuned"] * 2
+    assert tuned[0]["relative_l2"] < 1e-3 and tuned[0]["speedup_vs_diffusers"] > 0
+    assert tuned[1]["compile_s"] < tuned[0]["compile_s"]
 
 
 def test_preview_cost_benchmark_times_videos_with_and_without_previews_on_a_cpu(tmp_path):
