@@ -114,13 +114,22 @@ def end_to_end(data: dict) -> list[str]:
              + (f"; OpenSpeedy's VAE encoder compiled ({data['vae_encoder_compile_mode']})"
                 if data.get("vae_encoder_compile_mode") else "")]
     for size in data["sizes"]:
-        rows = [[row["pipeline"], row["seconds"], ratio(row.get("speedup_vs_diffusers")),
-                 ratio(row.get("speedup_vs_diffusers-compile")), row.get("relative_l2"),
-                 row.get("relative_l2_vs_exact"), gigabytes(row.get("peak_bytes")), row.get("load_and_warmup_s")]
-                for row in size["pipelines"]]
-        parts.append(f"{size['frames']} x {size['height']}x{size['width']}:\n\n" + table(
-            ("pipeline", "seconds", "speed-up vs diffusers", "vs diffusers-compile", "video rel. L2 vs diffusers",
-             "rel. L2 vs exact", "peak GB", "load + warm-up s"), rows))
+        # Columns a run may lack (the tuned peer, the fp8 preset's comparison with fast) only where it has them.
+        columns = [("pipeline", "pipeline", str), ("seconds", "seconds", number),
+                   ("speed-up vs diffusers", "speedup_vs_diffusers", ratio),
+                   ("vs diffusers-compile", "speedup_vs_diffusers-compile", ratio),
+                   ("vs diffusers-tuned", "speedup_vs_diffusers-tuned", ratio),
+                   ("video rel. L2 vs diffusers", "relative_l2", number),
+                   ("rel. L2 vs exact", "relative_l2_vs_exact", number),
+                   ("vs fast", "speedup_vs_fast", ratio), ("video rel. L2 vs fast", "relative_l2_vs_fast", number),
+                   ("PSNR dB vs fast", "psnr_db_vs_fast", number), ("peak GB", "peak_bytes", gigabytes),
+                   ("compile s", "compile_s", number), ("load + warm-up s", "load_and_warmup_s", number)]
+        optional = {"speedup_vs_diffusers-tuned", "speedup_vs_fast", "relative_l2_vs_fast", "psnr_db_vs_fast"}
+        columns = [column for column in columns if column[1] not in optional
+                   or any(column[1] in row for row in size["pipelines"])]
+        rows = [[cell(row.get(key)) for _, key, cell in columns] for row in size["pipelines"]]
+        parts.append(f"{size['frames']} x {size['height']}x{size['width']}:\n\n"
+                     + table((name for name, _, _ in columns), rows))
     return parts
 
 

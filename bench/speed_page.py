@@ -41,7 +41,8 @@ def cards() -> list[str]:
 
 def label(pipeline: str) -> str:
     """The benchmark's row names as a reader knows them."""
-    names = {"diffusers": "diffusers", "diffusers-compile": "diffusers + `torch.compile`"}
+    names = {"diffusers": "diffusers", "diffusers-compile": "diffusers + `torch.compile`",
+             "diffusers-tuned": "diffusers tuned (speed guide)"}
     if pipeline in names:
         return names[pipeline]
     variant, _, mode = pipeline.removeprefix("openspeedy-").partition("+")
@@ -77,6 +78,23 @@ def pipelines(size: dict) -> dict[str, dict]:
     return {row["pipeline"]: row for row in size["pipelines"]}
 
 
+def compile_seconds(row: dict | None) -> str:
+    """A row's compile time (the first warm-up call beyond a warm one); "-" where its run did not measure it."""
+    return number((row or {}).get("compile_s"))
+
+
+def peer_columns(size: dict) -> list[tuple[str, str]]:
+    """(column header, peer) for each peer the run measured at this size, in the benchmark's order."""
+    headers = {"diffusers": "x diffusers", "diffusers-compile": "x diffusers + compile",
+               "diffusers-tuned": "x diffusers tuned"}
+    found = pipelines(size)
+    return [(header, peer) for peer, header in headers.items() if peer in found]
+
+
+def against(row: dict, peer: str) -> str:
+    return "1.000" if row["pipeline"] == peer else ratio(row.get(f"speedup_vs_{peer}"))
+
+
 # ------------------------------------------------------------------------------------------------ sections
 
 
@@ -95,13 +113,14 @@ def setup(_: str | None) -> str:
 def headline(card: str) -> str:
     data = load(card, "end_to_end.json")
     size = data["sizes"][0]
-    rows = [[label(row["pipeline"]), f"{row['seconds']:.2f}", ratio(row.get("speedup_vs_diffusers", 1.0)),
-             ratio(row.get("speedup_vs_diffusers-compile")) if row["pipeline"] != "diffusers-compile" else "1.000",
-             number(row.get("relative_l2")), gigabytes(row.get("peak_bytes"))] for row in size["pipelines"]]
+    peers = peer_columns(size)
+    rows = [[label(row["pipeline"]), f"{row['seconds']:.2f}", *(against(row, peer) for _, peer in peers),
+             number(row.get("relative_l2")), gigabytes(row.get("peak_bytes")), compile_seconds(row)]
+            for row in size["pipelines"]]
     return (f"{card_name(data)}, {data['date']}, {size_name(size)}, {data['steps']} steps, random fp16 weights "
             f"(`bench/results/{card}/end_to_end.json`):\n\n"
-            + table(("pipeline", "seconds", "x diffusers", "x diffusers + compile", "rel. L2 vs diffusers",
-                     "peak GB"), rows))
+            + table(("pipeline", "seconds", *(header for header, _ in peers), "rel. L2 vs diffusers", "peak GB",
+                     "compile s"), rows))
 
 
 def approximations(card: str) -> str:
@@ -114,12 +133,12 @@ def approximations(card: str) -> str:
     size = data["sizes"][0]
     rows = [[label(row["pipeline"]), compact_inputs(data, row["pipeline"]), f"{row['seconds']:.2f}",
              ratio(row.get("speedup_vs_diffusers")), ratio(row.get("speedup_vs_diffusers-compile")),
-             number(row.get("relative_l2_vs_exact")), gigabytes(row.get("peak_bytes"))]
+             number(row.get("relative_l2_vs_exact")), gigabytes(row.get("peak_bytes")), compile_seconds(row)]
             for row in size["pipelines"] if row["pipeline"].startswith("openspeedy-")]
     return (f"{card_name(data)}, {data['date']}, {size_name(size)}, {data['steps']} steps, random fp16 weights "
             f"(`bench/results/{card}/{name}`; the ratios are against the peers of the same run):\n\n"
             + table(("pipeline", "request inputs", "seconds", "x diffusers", "x diffusers + compile",
-                     "rel. L2 vs the exact video", "peak GB"), rows) + notes(data))
+                     "rel. L2 vs the exact video", "peak GB", "compile s"), rows) + notes(data))
 
 
 def compact_inputs(data: dict, pipeline: str) -> str:
@@ -164,11 +183,35 @@ def sizes(card: str) -> str:
         fast = next((row for name, row in found.items() if name.startswith("openspeedy-") and "+" not in name), {})
         rows.append([size_name(size), *(seconds(found.get(name)) for name in ("diffusers", "diffusers-compile")),
                      seconds(fast), ratio(fast.get("speedup_vs_diffusers")),
-                     ratio(fast.get("speedup_vs_diffusers-compile"))])
+                     ratio(fast.get("speedup_vs_diffusers-compile")), compile_seconds(found.get("diffusers-compile")),
+                     compile_seconds(fast)])
     return (f"{card_name(data)}, {data['date']}, {data['steps']} steps, random fp16 weights "
             f"(`bench/results/{card}/end_to_end_sizes.json`):\n\n"
             + table(("frames x size", "diffusers s", "diffusers + compile s", "OpenSpeedy s", "x diffusers",
-                     "x diffusers + compile"), rows))
+                     "x diffusers + compile", "diffusers + compile: compile s", "OpenSpeedy compile s"), rows))
+
+
+def fp8(card: str) -> str:
+    """The fp8 preset's rows of a card's whole-video runs: against each peer and against `fast` of the
+    same run (speed, and the video's error)."""
+    parts = []
+    for path in sorted((RESULTS / card).glob("end_to_end*.json")):
+        data = json.loads(path.read_text())
+        for size in data["sizes"]:
+            rows = [row for row in size["pipelines"] if "speedup_vs_fast" in row]
+            if not rows:
+                continue
+            peers = peer_columns(size)
+            parts.append(
+                f"{card_name(data)}, {data['date']}, {size_name(size)}, {data['steps']} steps, random fp16 weights "
+                f"(`bench/results/{card}/{path.name}`):\n\n" + table(
+                    ("pipeline", "seconds", *(header for header, _ in peers), "x `fast`", "video rel. L2 vs `fast`",
+                     "PSNR dB vs `fast`", "peak GB", "compile s"),
+                    [[label(row["pipeline"]), f"{row['seconds']:.2f}", *(against(row, peer) for _, peer in peers),
+                      ratio(row["speedup_vs_fast"]), number(row.get("relative_l2_vs_fast")),
+                      number(row.get("psnr_db_vs_fast")) if row.get("psnr_db_vs_fast") is not None else "identical",
+                      gigabytes(row.get("peak_bytes")), compile_seconds(row)] for row in rows]))
+    return "\n\n".join(parts) or f"No run on this card measured the `fp8` preset (`bench/results/{card}/`)."
 
 
 def serving(card: str) -> str:
@@ -259,9 +302,12 @@ def commands(card: str) -> str:
     lines = []
     for path in sorted((RESULTS / card).glob("end_to_end*.json")):
         data = json.loads(path.read_text())
+        variants = ";".join(data.get("variants", {}))
         flags = [f"--out bench/results/{card}", "--sizes " + ",".join(
             f"{size['frames']}x{size['height']}x{size['width']}" for size in data["sizes"]),
-            "--variants " + ",".join(data.get("variants", {})), f"--steps {data.get('steps', 50)}"]
+            "--variants " + (f'"{variants}"' if ";" in variants else variants), f"--steps {data.get('steps', 50)}"]
+        flags += [f"--peers {','.join(data['peers'])}"] if data.get("peers") else []
+        flags += [f"--compile-cache-dir {data['compile_cache_dir']}"] if data.get("compile_cache_dir") else []
         flags += [f"--modes {','.join(data['modes'])}"] if data.get("modes") else []
         flags += [f"--{part}-compile-mode {data[key]}" for part, key in
                   (("vae-decoder", "vae_decoder_compile_mode"), ("vae-encoder", "vae_encoder_compile_mode"))
@@ -272,7 +318,7 @@ def commands(card: str) -> str:
 
 SECTIONS: dict[str, Callable[[Any], str]] = {
     "commands": commands, "setup": setup, "headline": headline, "approximations": approximations, "ablation": ablation,
-    "sizes": sizes, "serving": serving, "profile": profile,
+    "sizes": sizes, "fp8": fp8, "serving": serving, "profile": profile,
 }
 
 

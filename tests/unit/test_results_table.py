@@ -102,3 +102,65 @@ def test_the_readme_sentence_names_the_newest_cards_figures():
     assert data["gpu"].removeprefix("NVIDIA ") in sentence
     with pytest.raises(ValueError, match="markers"):
         speed_page.render_readme("no markers here")
+
+
+def fp8_run() -> dict:
+    """A whole-video run with the three peers, `fast` and the fp8 preset, as bench.end_to_end writes it."""
+    base = dict(peak_bytes=20e9, load_and_warmup_s=150.0)
+    pipelines = [
+        dict(pipeline="diffusers", seconds=40.0, compile_s=3.0, **base),
+        dict(pipeline="diffusers-compile", seconds=30.0, compile_s=160.0, **{"speedup_vs_diffusers": 4 / 3}, **base),
+        dict(pipeline="diffusers-tuned", seconds=28.0, compile_s=600.0, speedup_vs_diffusers=40 / 28,
+             **{"speedup_vs_diffusers-compile": 30 / 28}, **base),
+        dict(pipeline="openspeedy-fast", seconds=25.0, compile_s=140.0, speedup_vs_diffusers=1.6,
+             **{"speedup_vs_diffusers-compile": 1.2, "speedup_vs_diffusers-tuned": 1.12}, **base),
+        dict(pipeline="openspeedy-fp8", seconds=20.0, compile_s=420.0, speedup_vs_diffusers=2.0,
+             **{"speedup_vs_diffusers-compile": 1.5, "speedup_vs_diffusers-tuned": 1.4}, speedup_vs_fast=1.25,
+             relative_l2_vs_fast=0.031, psnr_db_vs_fast=31.4, **base),
+    ]
+    return dict(gpu="Some GPU", date="2027-01-01", steps=50, torch="2.11.0+cu130", variants={"fast": {}, "fp8": {}},
+                peers=["diffusers", "diffusers-compile", "diffusers-tuned"], compile_cache_dir="/tmp/cache",
+                sizes=[dict(frames=16, height=704, width=1280, pipelines=pipelines)])
+
+
+def test_the_fp8_preset_is_shown_against_each_peer_and_fast(tmp_path, monkeypatch):
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "end_to_end_fp8.json").write_text(json.dumps(fp8_run()))
+    monkeypatch.setattr(speed_page, "RESULTS", tmp_path)
+    text = speed_page.fp8("gpu")
+    assert ("| pipeline | seconds | x diffusers | x diffusers + compile | x diffusers tuned | x `fast` | "
+            "video rel. L2 vs `fast` | PSNR dB vs `fast` | peak GB | compile s |") in text
+    assert "| OpenSpeedy `fp8` | 20.00 | 2.000 | 1.500 | 1.400 | 1.250 | 0.031 | 31.4 | 20.00 | 420 |" in text
+    assert "`fast` |" not in text.split("\n")[-1][:20]  # fast's own row is not an fp8 row
+    assert "16 x 704x1280" in text and "end_to_end_fp8.json" in text
+    assert speed_page.fp8("none") == "No run on this card measured the `fp8` preset (`bench/results/none/`)."
+    assert "--peers diffusers,diffusers-compile,diffusers-tuned --compile-cache-dir /tmp/cache" in (
+        speed_page.commands("gpu"))
+    assert '--variants "fast;fp8"' in speed_page.commands("gpu")
+
+
+def test_the_headline_has_the_tuned_peer_and_compile_time_where_a_run_measured_them(tmp_path, monkeypatch):
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "end_to_end.json").write_text(json.dumps(fp8_run()))
+    monkeypatch.setattr(speed_page, "RESULTS", tmp_path)
+    text = speed_page.headline("gpu")
+    assert "| pipeline | seconds | x diffusers | x diffusers + compile | x diffusers tuned |" in text
+    assert "| diffusers tuned (speed guide) | 28.00 | 1.429 | 1.071 | 1.000 | - | 20.00 | 600 |" in text
+    assert "| diffusers | 40.00 | 1.000 | - | - | - | 20.00 | 3 |" in text
+    readme = results_table.end_to_end(fp8_run())[1]
+    assert "| vs diffusers-tuned | video rel. L2 vs diffusers | rel. L2 vs exact | vs fast |" in readme
+    assert ("| openspeedy-fp8 | 20 | 2.000 | 1.500 | 1.400 | - | - | 1.250 | 0.031 | 31.4 | 20.00 | 420 | 150 |"
+            in readme)
+
+
+def test_committed_results_without_compile_times_render_them_as_not_measured():
+    """Runs from before the compile time was measured: the column is there, its cells "-"."""
+    page = speed_page.PAGE.read_text()
+    data = json.loads((results_table.RESULTS / "h100" / "end_to_end.json").read_text())
+    assert not any("compile_s" in row for size in data["sizes"] for row in size["pipelines"])
+    assert ("| pipeline | seconds | x diffusers | x diffusers + compile | rel. L2 vs diffusers | peak GB | compile s |"
+            in page)
+    fast = next(row for row in data["sizes"][0]["pipelines"] if row["pipeline"] == "openspeedy-fast")
+    assert f"| OpenSpeedy `fast` | {fast['seconds']:.2f} |" in page
+    assert "No run on this card measured the `fp8` preset" in page
+    assert "quality on trained weights was not measured" in page
