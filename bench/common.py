@@ -215,7 +215,8 @@ def reference_pipeline(checkpoint: Path, dtype: torch.dtype, peer: str = "diffus
       of ``vae.decode``, under SPEED_GUIDE_INDUCTOR (reference_settings). The UNet keeps its layout: the
       guide's ``pipe.unet.to(memory_format=torch.channels_last)`` fails on this UNet's Conv3d weights
       ("required rank 4 tensor"). The guide's bfloat16 is left out so that every pipeline of a run
-      computes in the same dtype, and its dynamic int8 quantization since it is lossy."""
+      computes in the same dtype, and its dynamic int8 quantization since it is lossy. It decodes all
+      frames in one call (decode_chunk)."""
     from diffusers import I2VGenXLPipeline
 
     if peer not in PEERS:
@@ -235,6 +236,15 @@ def reference_pipeline(checkpoint: Path, dtype: torch.dtype, peer: str = "diffus
         reference.unet = torch.compile(reference.unet, mode="max-autotune", fullgraph=True)
         reference.vae.decode = torch.compile(reference.vae.decode, mode="max-autotune", fullgraph=True)
     return reference
+
+
+def decode_chunk(peer: str, request) -> int:
+    """Frames per ``vae.decode`` call: the pipeline's default, one, except for the tuned peer, whose
+    compiled decode replays a CUDA graph (max-autotune) that overwrites its previous output: the one-frame
+    chunks the pipeline keeps for its final concatenation would fail there ("accessing tensor output of
+    CUDAGraphs that has been overwritten by a subsequent run"). It decodes all frames in one call, as the
+    guide's image pipelines decode once per image."""
+    return request.num_frames if peer == "diffusers-tuned" else 1
 
 
 def reference_settings(peer: str):
@@ -286,7 +296,7 @@ def _run_reference(checkpoint: Path, dtype: torch.dtype, request, repeats: int, 
         try:
             return reference(prompt=this.prompt, image=this.image, height=this.height, width=this.width,
                              num_frames=this.num_frames, num_inference_steps=this.num_inference_steps,
-                             latents=initial, output_type="np").frames[0]
+                             latents=initial, output_type="np", decode_chunk_size=decode_chunk(peer, this)).frames[0]
         finally:
             DiagonalGaussianDistribution.sample = original
 

@@ -59,7 +59,15 @@ def test_an_unknown_peer_is_refused_naming_the_peers(tmp_path):
 
 def test_the_tuned_peer_is_diffusers_speed_guide_where_it_applies(tmp_path):
     """Built, not run (its max-autotune compile takes about 10 minutes on a 2-core CPU; the slow test runs it)."""
-    from bench.common import SPEED_GUIDE_INDUCTOR, ensure_checkpoint, reference_pipeline, reference_settings
+    from types import SimpleNamespace
+
+    from bench.common import (
+        SPEED_GUIDE_INDUCTOR,
+        decode_chunk,
+        ensure_checkpoint,
+        reference_pipeline,
+        reference_settings,
+    )
 
     dtype = ensure_checkpoint(tmp_path / "ck", smoke=True)
     pipe = reference_pipeline(tmp_path / "ck", dtype, "diffusers-tuned")
@@ -79,6 +87,9 @@ def test_the_tuned_peer_is_diffusers_speed_guide_where_it_applies(tmp_path):
     assert {name: getattr(inductor, name) for name in SPEED_GUIDE_INDUCTOR} == before  # only while it runs
     with reference_settings("diffusers-compile"):
         assert {name: getattr(inductor, name) for name in SPEED_GUIDE_INDUCTOR} == before
+    # Its decode replays a CUDA graph that overwrites its last output: all frames in one call.
+    request = SimpleNamespace(num_frames=16)
+    assert decode_chunk("diffusers-tuned", request) == 16 and decode_chunk("diffusers-compile", request) == 1
     with pytest.raises(ValueError, match="unknown peer 'diffusers-fast'"):
         reference_pipeline(tmp_path / "ck", dtype, "diffusers-fast")
 
