@@ -297,6 +297,9 @@ def sentence() -> str:
             f"[docs/speed.md](docs/speed.md)).\n")
 
 
+EMPTY = '""'  # an empty flag value, as a shell reads it
+
+
 def commands(card: str) -> str:
     """The bench.end_to_end command of each whole-video result of a card, from the settings it recorded."""
     lines = []
@@ -306,7 +309,7 @@ def commands(card: str) -> str:
         flags = [f"--out bench/results/{card}", "--sizes " + ",".join(
             f"{size['frames']}x{size['height']}x{size['width']}" for size in data["sizes"]),
             "--variants " + (f'"{variants}"' if ";" in variants else variants), f"--steps {data.get('steps', 50)}"]
-        flags += [f"--peers {','.join(data['peers'])}"] if data.get("peers") else []
+        flags += [f"--peers {','.join(data['peers']) or EMPTY}"] if "peers" in data else []
         flags += [f"--compile-cache-dir {data['compile_cache_dir']}"] if data.get("compile_cache_dir") else []
         flags += [f"--modes {','.join(data['modes'])}"] if data.get("modes") else []
         flags += [f"--{part}-compile-mode {data[key]}" for part, key in
