@@ -94,23 +94,6 @@ def test_the_tuned_peer_is_diffusers_speed_guide_where_it_applies(tmp_path):
         reference_pipeline(tmp_path / "ck", dtype, "diffusers-fast")
 
 
-@pytest.mark.slow
-def test_the_tuned_peer_runs_and_its_second_run_compiles_from_the_on_disk_caches(tmp_path):
-    """The tuned peer end to end on a CPU (full graphs, the guide's settings), twice on one cache directory:
-    the second run finds the first's files there and compiles faster."""
-    runs = []
-    for name in ("first", "second"):
-        run_module("bench.end_to_end", "--out", str(tmp_path / name), "--checkpoint", str(tmp_path / "ck"),
-                   "--sizes", "2x64x64", "--peers", "diffusers,diffusers-tuned", "--variants", "", "--steps", "2",
-                   "--compile-cache-dir", str(tmp_path / "cache"), timeout=1800)
-        runs.append(json.loads((tmp_path / name / "end_to_end.json").read_text()))
-    assert runs[0]["compile_cache_files_before"] == 0 and runs[1]["compile_cache_files_before"] > 0
-    tuned = [run["sizes"][0]["pipelines"][1] for run in runs]
-    assert [row["pipeline"] for row in tuned] == ["diffusers-tuned"] * 2
-    assert tuned[0]["relative_l2"] < 1e-3 and tuned[0]["speedup_vs_diffusers"] > 0
-    assert tuned[1]["compile_s"] < tuned[0]["compile_s"]
-
-
 def test_preview_cost_benchmark_times_videos_with_and_without_previews_on_a_cpu(tmp_path):
     run_module("bench.preview_cost", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
                "--sizes", "2x64x64", "--steps", "4", "--preview-interval", "2,1", "--variant", "eager",
