@@ -21,7 +21,7 @@ from bench.results_table import MISSING, RESULTS, ROOT, gigabytes, number, ratio
 PAGE = ROOT / "docs" / "speed.md"
 TEMPLATE = ROOT / "docs" / "speed_template.md"
 README = ROOT / "README.md"
-SECTION = re.compile(r"\{\{\s*(\w+)(?:\s+([\w-]+))?\s*\}\}")
+SECTION = re.compile(r"\{\{\s*(\w+)(?:\s+([\w,-]+))?\s*\}\}")
 TECHNIQUES = re.compile(r"\{\{\s*techniques\s*\}\}\n(.*?)\{\{\s*/techniques\s*\}\}\n", re.S)
 README_SPEED = re.compile(r"(<!-- speed: rendered by make results -->\n)(.*?)(<!-- /speed -->)", re.S)
 PROFILE = "profile_fast_16x512x512.txt"
@@ -68,10 +68,11 @@ def seconds(row: dict | None) -> str:
 
 
 def notes(data: dict) -> str:
-    """The notes recorded with a run, beyond the random-weights one every GPU file has: what differed. Shown
-    where they change what a row means (a kernel that did not load, a variant named differently then)."""
+    """A pointer to the notes recorded with a run beyond the random-weights one every GPU file has (what
+    differed: a kernel that did not load, a variant named differently then); the results README shows them."""
     extra = [note for note in data.get("notes", []) if "RANDOM" not in note]
-    return "".join(f"\n\nRecorded with the run: {note}" for note in extra)
+    return ("\n\nThe run recorded notes that qualify these rows: "
+            "[bench/results/README.md](../bench/results/README.md).") if extra else ""
 
 
 def pipelines(size: dict) -> dict[str, dict]:
@@ -338,7 +339,15 @@ def render(template: Path = TEMPLATE) -> str:
     def section(match: re.Match) -> str:
         if match.group(1) not in SECTIONS:
             raise ValueError(f"{template.name}: unknown section {match.group(0)!r}; known: {sorted(SECTIONS)}")
-        return SECTIONS[match.group(1)](match.group(2))
+        if match.group(2) is None or "," not in match.group(2):
+            return SECTIONS[match.group(1)](match.group(2))
+        # Several cards: those that measured it, one after another; one line when none did.
+        parts = [SECTIONS[match.group(1)](card) for card in match.group(2).split(",")]
+        measured = [part for part in parts if not part.startswith("No ")]
+        if measured:
+            return "\n\n".join(measured)
+        return re.sub(r"on this card (.*) \(`bench/results/[\w-]+/`\)", r"on any card \1 (`bench/results/*/`)",
+                      parts[0])
 
     title, _, body = SECTION.sub(section, text).partition("\n\n")
     return f"{title}\n\n{GENERATED}{body}"
