@@ -16,7 +16,8 @@ endpoint on a private loopback port and serves the public one with this guard (a
 client): it reads each request body, counting bytes as they arrive whatever the framing (Content-Length,
 chunked) and after inflating gzip/deflate, refuses a body over the limit, checks the JSON header of an
 inference request (the only part Triton parses itself), and forwards the request as one plain body with a
-Content-Length. Everything else passes through unchanged: headers (the admin key included), status,
+Content-Length. Everything else passes through unchanged: headers (the admin key included; none added, so
+an answer is compressed only where the client asked for it with Accept-Encoding), status,
 response bodies (streamed back as they come), keep-alive. gRPC was clean and is not proxied.
 """
 
@@ -211,6 +212,10 @@ class HttpGuard:
         # No total timeout: a generation may run for minutes; a dead upstream is found at connect time.
         self._session = aiohttp.ClientSession(
             f"http://{self.upstream}", auto_decompress=False,
+            # aiohttp's client would add the headers it sends by default where the client sent none; an added
+            # "Accept-Encoding: gzip, deflate, br" makes tritonserver gzip its answer, which the guard passes on
+            # as it came, to a client that never asked for it and cannot read it (perf_analyzer's libcurl).
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             # No idle connections to tritonserver: on SIGTERM it waits for every open HTTP connection to close
             # (up to its exit timeout), and a kept-alive idle one would hold a stop for seconds. Keep-alive stays

@@ -6,6 +6,8 @@ of cancelled streams is quick and clean."""
 
 from __future__ import annotations
 
+import gzip
+import http.client
 import os
 import shutil
 import signal
@@ -19,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from tritonclient.utils import np_to_triton_dtype
 
+from openspeedy.client.api import request_arrays
 from openspeedy.watchdog import REGION_PREFIX
 from tests.helpers import encode, free_port, random_image
-from tests.server.hostile_corpus import CORPUS, Hostile, send
+from tests.server.hostile_corpus import CORPUS, INFER, Hostile, send
 from tests.server.test_faults import _status, _wait_until
 
 pytestmark = pytest.mark.server
@@ -111,6 +115,52 @@ def test_guard_forwards_a_valid_request_in_many_chunks_and_keeps_the_connection(
             video = client.generate(IMAGE, "a boat", num_frames=2, height=32, width=40, num_inference_steps=1,
                                     seed=seed)
             assert video.frames.shape == (2, 32, 40, 3) and video.frames.dtype == np.uint8
+
+
+def _binary_infer_request() -> tuple[bytes, int]:
+    """A real generation in the binary tensor extension, as perf_analyzer sends it: the body and the length
+    of its JSON header (the Inference-Header-Content-Length)."""
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for name, array in request_arrays(IMAGE, "a boat", num_frames=2, height=32, width=40, num_inference_steps=1,
+                                      seed=4).items():
+        tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput("VIDEO", binary_data=True)]
+    return httpclient.InferenceServerClient.generate_request_body(inputs, outputs)
+
+
+@pytest.mark.parametrize(("body_encoding", "accept_encoding"), [(None, None), ("gzip", None), (None, "gzip")])
+def test_guard_compresses_an_answer_only_where_the_client_asked(launcher, body_encoding, accept_encoding):
+    """A binary-extension request sent with no Accept-Encoding (as perf_analyzer's libcurl sends it) gets a
+    plain answer; one that asks for gzip gets gzip; a gzip request body is inflated on the way."""
+    import tritonclient.http as httpclient
+
+    body, json_size = _binary_infer_request()
+    connection = http.client.HTTPConnection("127.0.0.1", launcher.ports["http"], timeout=120)
+    try:
+        # skip_accept_encoding: http.client would otherwise send "Accept-Encoding: identity" of its own.
+        connection.putrequest("POST", INFER, skip_accept_encoding=True)
+        headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": "application/octet-stream"}
+        if body_encoding:
+            body, headers["Content-Encoding"] = gzip.compress(body), body_encoding
+        if accept_encoding:
+            headers["Accept-Encoding"] = accept_encoding
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        answer = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200, answer[:500]
+    assert response.getheader("Content-Encoding") == accept_encoding
+    result = httpclient.InferResult.from_response_body(
+        answer, header_length=int(response.getheader("Inference-Header-Content-Length")),
+        content_encoding=accept_encoding)
+    assert result.as_numpy("VIDEO").shape == (2, 32, 40, 3)
 
 
 def _kill_and_watch(launcher: Launcher) -> tuple[list, set[str]]:

@@ -60,9 +60,6 @@ def _check_runs(report, tmp_path, expected):
 
 
 @pytest.mark.server
-@pytest.mark.xfail(reason="known bug: through the launcher's HTTP guard, perf_analyzer's HTTP requests reach "
-                          "tritonserver unparsable ('failed to parse the request JSON buffer: Invalid value. at 0'); "
-                          "gRPC is unaffected", strict=False)
 def test_perf_analyzer_grpc_and_http_with_composing_models(triton, perf_analyzer, tmp_path):
     report = _sweep(triton, tmp_path, ["grpc", "http"], [1, 2])
     _check_runs(report, tmp_path, {("grpc", 1), ("grpc", 2), ("http", 1), ("http", 2)})
