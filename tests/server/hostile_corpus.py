@@ -1,6 +1,11 @@
 """Hostile HTTP requests to the public port, one line each, and how to send them (raw sockets: the
 requests must go out exactly as written, framing included). The guard (openspeedy/http_guard.py) must
-answer each one with its status and a message holding ``expect``; tritonserver must not die of any."""
+answer each one with its status and a message holding ``expect``; tritonserver must not die of any.
+
+Not merged with tests/server/hostile_inputs.py, which holds no request: these are whole HTTP requests
+(framing, headers, JSON) that a client library would never send and that the guard must stop before
+tritonserver parses them; those are tensor values, sent through tritonclient, that tritonserver accepts
+and the models themselves must refuse by their limits."""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """Small hostile inputs for the limits tests: each costs its sender almost nothing and, unchecked, costs the
-server a great deal."""
+server a great deal.
+
+Not merged with tests/server/hostile_corpus.py: these are tensor values (an image, prompts, latents), sent
+through tritonclient as well-formed requests, that tritonserver accepts and the models must refuse by their
+limits; that module holds whole malformed HTTP requests, sent on raw sockets, which the HTTP guard must
+stop before tritonserver parses them."""
 
 from __future__ import annotations
 
