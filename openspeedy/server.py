@@ -450,10 +450,14 @@ class TritonServer:
     def _wait_for_stop(self, timeout: float) -> bool:
         """Waits for tritonserver to exit after SIGTERM; True if it was ended for hanging in its unloading.
 
-        After a storm of cancelled gRPC streams (hundreds started and cancelled at once), Triton 2.51 finishes
-        every request, unloads every model but the decoupled stream model, and then waits for that one for
-        its whole exit timeout (the python backend's stub is then killed and its /dev/shm region left). No
-        request is in flight by then, so the launcher gives the unloading UNLOAD_GRACE_S and ends it."""
+        Triton 2.51's gRPC stream handler never releases its state for a request it refused when starting it
+        (seen with the stream model's queue full; its source takes the same path for any error there) once
+        the client cancels that stream: the state is tracked neither as in flight nor as done. It holds the
+        request, and the request its model, so at a stop Triton finishes every request, unloads every other
+        model, and waits for the stream model for its whole exit timeout (its stub is then killed and its
+        /dev/shm region left). Any client can do this; ours closes a refused stream without cancelling it.
+        No request is in flight by then, so the launcher gives the unloading UNLOAD_GRACE_S and ends it,
+        saying so."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
