@@ -290,7 +290,14 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
 
     @app.get("/v1/videos/{video_id}", summary="Retrieve a video job")
     def retrieve(owner: Caller, video_id: str) -> dict:
-        return owned_job(video_id, owner).public()
+        """The official fields; a queued job also has ``queue_position``: how many queued jobs this API's
+        workers start before it (0: it is next)."""
+        job = owned_job(video_id, owner).public()
+        if job["status"] == QUEUED:
+            position = jobs.queue_position(video_id)
+            if position is not None:  # None: a worker took it since
+                job["queue_position"] = position
+        return job
 
     @app.get("/v1/videos/{video_id}/content", summary="Download the MP4 of a completed video job, or its preview",
              response_class=Response, responses={200: {"content": {"video/mp4": {}, "image/png": {}}}})

@@ -141,6 +141,13 @@ class MemoryJobs:
             if job_id in self._queue:
                 self._queue.remove(job_id)
 
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs a worker takes before this one (0: it is next); None when it is not queued."""
+        with self._lock:
+            if job_id not in self._queue:
+                return None
+            return len(self._queue) - 1 - self._queue.index(job_id)  # workers take from the right end
+
     def take(self) -> str | None:
         """The oldest queued job's id, now this worker's; None when the queue is empty."""
         with self._lock:
@@ -270,6 +277,14 @@ class RedisJobs:
                 pipe.srem(self._key("inflight", job.owner), job_id)
                 pipe.zrem(self._key("jobs", job.owner), job_id)
             pipe.execute()
+
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs a worker takes before this one (0: it is next); None when it is not queued."""
+        with self.client.pipeline() as pipe:  # one transaction: the length and the index of the same list
+            pipe.llen(self._key("queue"))
+            pipe.lpos(self._key("queue"), job_id)
+            length, index = pipe.execute()
+        return None if index is None else length - 1 - index  # workers take from the right end
 
     def take(self) -> str | None:
         job_id = self._take(keys=[self._key("queue"), self._key("running")],

@@ -306,3 +306,41 @@ def test_a_job_whose_process_died_is_queued_again_then_failed(redis_server):
     store.client.delete(f"{store.prefix}job:{job.id}")  # as when it expires
     store.create(dataclasses.replace(job, id=new_job_id()), b"image", max_in_flight=5)
     assert job.id.encode() not in store.client.zrange(f"{store.prefix}jobs:o", 0, -1)  # the index forgets it
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_queue_position_counts_the_jobs_workers_take_first(kind, request):
+    """Workers take the oldest queued job first; a job queued again (its worker stopped) is taken next."""
+    from openspeedy.api.jobs import MemoryJobs
+
+    store = MemoryJobs() if kind == "memory" else RedisJobs(request.getfixturevalue("redis_server").url,
+                                                            prefix=f"openspeedy:test:{new_job_id()}:")
+    made = [Job(id=new_job_id(), owner="o", created_at=int(time.time()), model="m", size="64x64", seconds="1",
+                prompt="p", options={}) for _ in range(3)]
+    for job in made:
+        assert store.create(job, b"image", max_in_flight=5)
+    assert [store.queue_position(job.id) for job in made] == [0, 1, 2]
+    assert store.take() == made[0].id
+    assert [store.queue_position(job.id) for job in made] == [None, 0, 1]
+    store.requeue(store.get(made[0].id))
+    assert [store.queue_position(job.id) for job in made] == [0, 1, 2]
+    store.delete(made[1].id)
+    assert [store.queue_position(job.id) for job in made] == [0, None, 1]
+    assert store.queue_position("video_unknown") is None
+
+
+def test_a_queued_job_shows_its_queue_position(api):
+    """Two long videos keep the API's two workers busy; a third waits first in line, then runs."""
+    running = [create(api.client(), **LONG), create(api.client(OTHER_KEY), **LONG)]
+    try:
+        for video in running:
+            wait_for(api.client(KEY if video is running[0] else OTHER_KEY), video.id,
+                     lambda v: v.status == "in_progress" or finished(v))
+        waiting = create(api.client(OTHER_KEY), num_frames=2, num_inference_steps=2, seed=5)
+        seen = api.client(OTHER_KEY).videos.retrieve(waiting.id)
+        assert (seen.status, seen.model_extra.get("queue_position")) == ("queued", 0), seen
+    finally:
+        api.client().videos.delete(running[0].id)
+        api.client(OTHER_KEY).videos.delete(running[1].id)
+    done = wait_for(api.client(OTHER_KEY), waiting.id, finished)
+    assert done.status == "completed" and "queue_position" not in (done.model_extra or {}), done
