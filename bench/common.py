@@ -322,6 +322,14 @@ def psnr_db(ours: np.ndarray, reference: np.ndarray) -> float | None:
     return None if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
+def count_files(directory: Path | None) -> int | None:
+    """Files under ``directory`` (a compile cache's, before a run: warm or cold); 0 where it does not
+    exist yet, None where no directory is given."""
+    if directory is None:
+        return None
+    return sum(1 for path in directory.rglob("*") if path.is_file()) if directory.exists() else 0
+
+
 def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours.float() - reference.float()).norm() / reference.float().norm())
 

@@ -41,6 +41,7 @@ from bench.common import (
     PEERS,
     Measured,
     Results,
+    count_files,
     difference,
     ensure_checkpoint,
     psnr_db,
@@ -98,10 +99,6 @@ def against_fast(run: Measured, fast: Measured) -> dict:
     return dict(speedup_vs_fast=fast.seconds / run.seconds, relative_l2_vs_fast=error["relative_l2"],
                 latents_relative_l2_vs_fast=error["latents_relative_l2"],
                 psnr_db_vs_fast=psnr_db(run.video, fast.video))
-
-
-def count_files(directory: Path | None) -> int | None:
-    return None if directory is None else sum(1 for path in directory.rglob("*") if path.is_file())
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_CHECKPOINT, Results
+from bench.common import DEFAULT_CHECKPOINT, Results, count_files
 from openspeedy import compile_artifacts
 from openspeedy.unet.options import parse
 
@@ -72,7 +72,7 @@ def main() -> None:
         if run == "cold":
             args.artifacts_dir.mkdir(parents=True, exist_ok=True)
             save = str(args.artifacts_dir)
-        cached = sum(1 for f in args.cache_dir.rglob("*") if f.is_file()) if args.cache_dir.exists() else 0
+        cached = count_files(args.cache_dir)
         variant = "eager" if run == "eager" else args.variant
         row = start(args.checkpoint, variant, args.shape, args.cache_dir, save)
         results.append("starts", dict(run=run, cache_files_before=cached, **row))
