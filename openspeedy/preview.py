@@ -25,7 +25,6 @@ LATENT_RGB_FACTORS = torch.tensor([
     [-0.2829, 0.1762, 0.2721],
     [-0.2120, -0.2616, -0.7177],
 ])
-LATENT_RGB_BIAS = torch.zeros(3)
 
 # Frames a preview shows, evenly spaced from the first to the last: a glance, not the video.
 PREVIEW_FRAMES = 4
@@ -39,7 +38,7 @@ def latents_to_rgb(latents: torch.Tensor) -> torch.Tensor:
                          f"channels, got {channels}")
     frames = latents[0].permute(1, 2, 3, 0).float()  # [F, h, w, C]
     factors = LATENT_RGB_FACTORS.to(frames.device)
-    rgb = frames @ factors + LATENT_RGB_BIAS.to(frames.device)
+    rgb = frames @ factors
     return ((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
 
 
