@@ -124,12 +124,23 @@ def headline(card: str) -> str:
                      "compile s"), rows))
 
 
+class NotMeasured(str):
+    """A section's line for a card whose results lack what it shows (``card`` None: no card has it); a
+    section over several cards leaves such cards out, or says it once for all."""
+
+    def __new__(cls, what: str, card: str | None):
+        where = ("on this card", f"`bench/results/{card}/`") if card else ("on any card", "`bench/results/*/`")
+        text = super().__new__(cls, f"No run {where[0]} measured {what} ({where[1]}).")
+        text.what = what
+        return text
+
+
 def approximations(card: str) -> str:
     name = next((name for name in ("end_to_end_approximations.json", "end_to_end.json")
                  if any("+" in row["pipeline"] for size in (load(card, name) or {"sizes": []})["sizes"]
                         for row in size["pipelines"])), None)
     if name is None:
-        return f"No run on this card measured the approximations (`bench/results/{card}/`)."
+        return NotMeasured("the approximations", card)
     data = load(card, name)
     size = data["sizes"][0]
     rows = [[label(row["pipeline"]), compact_inputs(data, row["pipeline"]), f"{row['seconds']:.2f}",
@@ -212,7 +223,7 @@ def fp8(card: str) -> str:
                       ratio(row["speedup_vs_fast"]), number(row.get("relative_l2_vs_fast")),
                       number(row.get("psnr_db_vs_fast")) if row.get("psnr_db_vs_fast") is not None else "identical",
                       gigabytes(row.get("peak_bytes")), compile_seconds(row)] for row in rows]))
-    return "\n\n".join(parts) or f"No run on this card measured the `fp8` preset (`bench/results/{card}/`)."
+    return "\n\n".join(parts) or NotMeasured("the `fp8` preset", card)
 
 
 def serving(card: str) -> str:
@@ -343,11 +354,10 @@ def render(template: Path = TEMPLATE) -> str:
             return SECTIONS[match.group(1)](match.group(2))
         # Several cards: those that measured it, one after another; one line when none did.
         parts = [SECTIONS[match.group(1)](card) for card in match.group(2).split(",")]
-        measured = [part for part in parts if not part.startswith("No ")]
+        measured = [part for part in parts if not isinstance(part, NotMeasured)]
         if measured:
             return "\n\n".join(measured)
-        return re.sub(r"on this card (.*) \(`bench/results/[\w-]+/`\)", r"on any card \1 (`bench/results/*/`)",
-                      parts[0])
+        return NotMeasured(parts[0].what, None)
 
     title, _, body = SECTION.sub(section, text).partition("\n\n")
     return f"{title}\n\n{GENERATED}{body}"
