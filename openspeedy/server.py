@@ -230,6 +230,7 @@ class TritonServer:
         self._stop_requested = threading.Event()
         self.fatal_signal = 0  # the signal tritonserver's handler said it caught (_copy_output)
         self._unloading_since = 0.0  # when tritonserver said it had only its models' unloading left
+        self._stop_code: int | None = None  # what ending the current process gave, for a second stop() to repeat
         self._log = None
 
     @property
@@ -324,6 +325,7 @@ class TritonServer:
             self._log = open(self.log_path, "ab")
         self.fatal_signal = 0
         self._unloading_since = 0.0
+        self._stop_code = None
         self.process = subprocess.Popen(
             self.command(install),
             env=self.environment(install),
@@ -424,6 +426,8 @@ class TritonServer:
         left: Triton removes them on a clean exit, but neither a crash nor a kill does."""
         if self.process is None:
             return None
+        if self._stop_code is not None:  # already ended: by a start that gave up, then by serve_forever's stop
+            return self._stop_code
         if self.watchdog is not None:
             self.watchdog.stop()  # first: the models' stubs end with the server, nothing to reload
             self._regions |= self.watchdog.known_regions()
@@ -445,7 +449,8 @@ class TritonServer:
                   flush=True)
         self._regions.clear()
         # Every request had finished and every other model had unloaded: nothing was lost, the stop is clean.
-        return 0 if hung_unloading else self.process.returncode
+        self._stop_code = 0 if hung_unloading else self.process.returncode
+        return self._stop_code
 
     def _wait_for_stop(self, timeout: float) -> bool:
         """Waits for tritonserver to exit after SIGTERM; True if it was ended for hanging in its unloading.
