@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from openspeedy.api.eta import queued_completion
 from openspeedy.api.jobs import COMPLETED, IN_PROGRESS, QUEUED, Job, UnknownCursor, new_job_id, page
 from openspeedy.api.keys import LOCAL_OWNER, Keys
 from openspeedy.api.worker import WorkerOptions, Workers
@@ -290,13 +291,18 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
 
     @app.get("/v1/videos/{video_id}", summary="Retrieve a video job")
     def retrieve(owner: Caller, video_id: str) -> dict:
-        """The official fields; a queued job also has ``queue_position``: how many queued jobs this API's
-        workers start before it (0: it is next)."""
-        job = owned_job(video_id, owner).public()
+        """The official fields. A queued job also has ``queue_position``: how many queued jobs the API's
+        workers start before it (0: it is next); and, queued or running, ``estimated_completed_at`` (Unix
+        time) once a running job gives a pace (openspeedy/api/eta.py)."""
+        found = owned_job(video_id, owner)
+        job = found.public()
         if job["status"] == QUEUED:
-            position = jobs.queue_position(video_id)
-            if position is not None:  # None: a worker took it since
-                job["queue_position"] = position
+            ahead = jobs.ahead(video_id)
+            if ahead is not None:  # None: a worker took it since
+                job["queue_position"] = len(ahead)
+                estimate = queued_completion(found, ahead, jobs.running())
+                if estimate is not None:
+                    job["estimated_completed_at"] = estimate
         return job
 
     @app.get("/v1/videos/{video_id}/content", summary="Download the MP4 of a completed video job, or its preview",

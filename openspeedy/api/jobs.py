@@ -43,15 +43,26 @@ class Job:
     expires_at: int | None = None
     error: dict[str, Any] | None = None
     attempts: int = 0
+    # While it runs (its worker sets them from its steps, openspeedy/api/eta.py): its pace and its estimate.
+    seconds_per_step: float | None = None
+    estimated_completed_at: int | None = None
 
     def public(self) -> dict[str, Any]:
-        """The job as the API shows it (the official ``Video`` object)."""
-        return {
+        """The job as the API shows it: the official ``Video`` object, and a running job's
+        ``estimated_completed_at`` once it has one."""
+        shown = {
             "id": self.id, "object": "video", "model": self.model, "status": self.status, "progress": self.progress,
             "created_at": self.created_at, "completed_at": self.completed_at, "expires_at": self.expires_at,
             "prompt": self.prompt, "size": self.size, "seconds": self.seconds, "remixed_from_video_id": None,
             "error": self.error,
         }
+        if self.status == IN_PROGRESS and self.estimated_completed_at is not None:
+            shown["estimated_completed_at"] = self.estimated_completed_at
+        return shown
+
+    def start(self) -> None:
+        """Running from now on, with no pace yet (a job queued again starts afresh)."""
+        self.status, self.progress, self.seconds_per_step, self.estimated_completed_at = IN_PROGRESS, 0, None, None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -141,12 +152,18 @@ class MemoryJobs:
             if job_id in self._queue:
                 self._queue.remove(job_id)
 
-    def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs a worker takes before this one (0: it is next); None when it is not queued."""
+    def ahead(self, job_id: str) -> list[Job] | None:
+        """The queued jobs workers take before this one, in that order; None when it is not queued."""
         with self._lock:
             if job_id not in self._queue:
                 return None
-            return len(self._queue) - 1 - self._queue.index(job_id)  # workers take from the right end
+            queued = list(self._queue)
+            later_first = queued[queued.index(job_id) + 1:]  # workers take from the right end
+            return [dataclasses.replace(self._jobs[i]) for i in reversed(later_first) if i in self._jobs]
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return [dataclasses.replace(job) for job in self._jobs.values() if job.status == IN_PROGRESS]
 
     def take(self) -> str | None:
         """The oldest queued job's id, now this worker's; None when the queue is empty."""
@@ -278,13 +295,20 @@ class RedisJobs:
                 pipe.zrem(self._key("jobs", job.owner), job_id)
             pipe.execute()
 
-    def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs a worker takes before this one (0: it is next); None when it is not queued."""
-        with self.client.pipeline() as pipe:  # one transaction: the length and the index of the same list
-            pipe.llen(self._key("queue"))
-            pipe.lpos(self._key("queue"), job_id)
-            length, index = pipe.execute()
-        return None if index is None else length - 1 - index  # workers take from the right end
+    def _jobs(self, ids: list[bytes]) -> list[Job]:
+        texts = self.client.mget([self._key("job", i.decode()) for i in ids]) if ids else []
+        return [Job.from_json(text) for text in texts if text is not None]  # None: deleted meanwhile
+
+    def ahead(self, job_id: str) -> list[Job] | None:
+        """The queued jobs workers take before this one, in that order; None when it is not queued."""
+        queued = self.client.lrange(self._key("queue"), 0, -1)
+        if job_id.encode() not in queued:
+            return None
+        later_first = queued[queued.index(job_id.encode()) + 1:]  # workers take from the right end
+        return self._jobs(later_first[::-1])
+
+    def running(self) -> list[Job]:
+        return [job for job in self._jobs(self.client.lrange(self._key("running"), 0, -1)) if job.status == IN_PROGRESS]
 
     def take(self) -> str | None:
         job_id = self._take(keys=[self._key("queue"), self._key("running")],

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from openspeedy.api.jobs import COMPLETED, FAILED, IN_PROGRESS, QUEUED
+from openspeedy.api.jobs import COMPLETED, FAILED, QUEUED
 from openspeedy.client.api import Client, GenerationCancelled, GenerationError, Progress
 
 log = logging.getLogger("openspeedy.api")
@@ -85,19 +85,26 @@ class Workers:
         job, image = self.jobs.get(job_id), self.jobs.image(job_id)
         if job is None or image is None:  # deleted before it started
             return
-        job.status, job.progress = IN_PROGRESS, 0
+        job.start()
         if not self.jobs.save(job):
             return
         cancel, done = threading.Event(), threading.Event()
         watcher = threading.Thread(target=self._watch, args=(job_id, cancel, done), daemon=True)
         watcher.start()
+        first_step: list[tuple[int, float]] = []  # (step, time) of the first step reported: the pace starts there
 
         def on_progress(update: Progress) -> None:
             if update.preview is not None:
                 self.jobs.save_preview(job_id, update.preview)
-            progress = min(99, 100 * update.step // max(update.total, 1))  # 100 once the video is stored
-            if progress != job.progress:
-                job.progress = progress
+            now = time.time()
+            shown = (job.progress, job.estimated_completed_at)
+            job.progress = min(99, 100 * update.step // max(update.total, 1))  # 100 once the video is stored
+            if not first_step:
+                first_step.append((update.step, now))
+            elif update.step > first_step[0][0]:
+                job.seconds_per_step = (now - first_step[0][1]) / (update.step - first_step[0][0])
+                job.estimated_completed_at = round(now + (update.total - update.step) * job.seconds_per_step)
+            if (job.progress, job.estimated_completed_at) != shown:
                 self.jobs.save(job)
 
         steps = job.options["num_inference_steps"]

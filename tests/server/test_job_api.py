@@ -309,7 +309,7 @@ def test_a_job_whose_process_died_is_queued_again_then_failed(redis_server):
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-def test_queue_position_counts_the_jobs_workers_take_first(kind, request):
+def test_the_jobs_ahead_are_those_workers_take_first(kind, request):
     """Workers take the oldest queued job first; a job queued again (its worker stopped) is taken next."""
     from openspeedy.api.jobs import MemoryJobs
 
@@ -319,28 +319,41 @@ def test_queue_position_counts_the_jobs_workers_take_first(kind, request):
                 prompt="p", options={}) for _ in range(3)]
     for job in made:
         assert store.create(job, b"image", max_in_flight=5)
-    assert [store.queue_position(job.id) for job in made] == [0, 1, 2]
+
+    def ahead() -> list[list[str] | None]:
+        found = [store.ahead(job.id) for job in made]
+        return [None if jobs is None else [job.id for job in jobs] for jobs in found]
+
+    ids = [job.id for job in made]
+    assert ahead() == [[], ids[:1], ids[:2]] and store.running() == []
     assert store.take() == made[0].id
-    assert [store.queue_position(job.id) for job in made] == [None, 0, 1]
-    store.requeue(store.get(made[0].id))
-    assert [store.queue_position(job.id) for job in made] == [0, 1, 2]
+    assert ahead() == [None, [], ids[1:2]]
+    started = store.get(made[0].id)
+    started.start()
+    store.save(started)
+    assert [job.id for job in store.running()] == ids[:1]
+    store.requeue(dataclasses.replace(started, status="queued"))
+    assert ahead() == [[], ids[:1], ids[:2]] and store.running() == []
     store.delete(made[1].id)
-    assert [store.queue_position(job.id) for job in made] == [0, None, 1]
-    assert store.queue_position("video_unknown") is None
+    assert ahead() == [[], None, ids[:1]]
+    assert store.ahead("video_unknown") is None
 
 
-def test_a_queued_job_shows_its_queue_position(api):
-    """Two long videos keep the API's two workers busy; a third waits first in line, then runs."""
+def test_a_queued_job_shows_its_queue_position_and_when_it_should_be_done(api):
+    """Two long videos keep the API's two workers busy and, once they have a pace, an estimate of when
+    each is done; a third waits first in line, done after the first of them ends, then runs."""
     running = [create(api.client(), **LONG), create(api.client(OTHER_KEY), **LONG)]
     try:
-        for video in running:
-            wait_for(api.client(KEY if video is running[0] else OTHER_KEY), video.id,
-                     lambda v: v.status == "in_progress" or finished(v))
+        estimates = [wait_for(api.client(KEY if video is running[0] else OTHER_KEY), video.id,
+                              lambda v: "estimated_completed_at" in (v.model_extra or {}) or finished(v)
+                              ).model_extra["estimated_completed_at"] for video in running]
         waiting = create(api.client(OTHER_KEY), num_frames=2, num_inference_steps=2, seed=5)
         seen = api.client(OTHER_KEY).videos.retrieve(waiting.id)
         assert (seen.status, seen.model_extra.get("queue_position")) == ("queued", 0), seen
+        assert seen.model_extra["estimated_completed_at"] >= min(estimates) - 5, (seen, estimates)
     finally:
         api.client().videos.delete(running[0].id)
         api.client(OTHER_KEY).videos.delete(running[1].id)
     done = wait_for(api.client(OTHER_KEY), waiting.id, finished)
-    assert done.status == "completed" and "queue_position" not in (done.model_extra or {}), done
+    assert done.status == "completed" and not {"queue_position", "estimated_completed_at"} & set(
+        done.model_extra or {}), done
