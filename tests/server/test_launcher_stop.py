@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -23,7 +24,7 @@ def stop(*_):
         time.sleep(1)
 
 signal.signal(signal.SIGTERM, stop)
-print("started", flush=True)
+open(__file__ + ".started", "w").close()
 while True:
     time.sleep(1)
 """
@@ -40,7 +41,14 @@ def test_a_stop_asked_for_while_starting_then_repeated_reports_the_first_stops_c
     monkeypatch.setattr(launcher, "UNLOAD_GRACE_S", 0.5)
     server = TritonServer(ServerOptions(tmp_path, triton_root=tmp_path / "triton", http_port=0, grpc_port=0,
                                         metrics_port=0, restart_dead_stubs=False, http_guard=False))
-    threading.Timer(2.0, server.request_stop).start()
+
+    def stop_once_started() -> None:  # not before: a SIGTERM ahead of its handler would simply end it
+        deadline = time.monotonic() + 60
+        while not tritonserver.with_suffix(".started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.request_stop()
+
+    threading.Thread(target=stop_once_started, daemon=True).start()
     with pytest.raises(StopRequested):
         server.start(timeout=60)
     assert server.process.returncode == -9  # ended for hanging in its unloading
