@@ -39,10 +39,10 @@ def queued_completion(job: Job, ahead: list[Job], running: list[Job], now: float
     def duration(other: Job) -> float:
         return int(other.options["num_inference_steps"]) * per_volume * volume(other)
 
+    # When each worker is free; never before now (a job past its estimate is taken as ending now).
     free = [max(now, other.estimated_completed_at or now + duration(other)) for other in running]
     heapq.heapify(free)
-    done = now
     for other in [*ahead, job]:
-        done = max(now, heapq.heappop(free)) + duration(other)
+        done = heapq.heappop(free) + duration(other)
         heapq.heappush(free, done)
     return round(done)
