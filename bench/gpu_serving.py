@@ -12,7 +12,7 @@ imposes), with that UNet's CPU and GPU time per call. --unet-timings serves the 
 through bench/diagnostics/timed_unet_model.py, which records the same from inside its stub and profiles
 three calls on both sides; --in-process-after measures in process again once the server has stopped (the GPU's drift).
 
-Usage: python -m bench.gpu_serving --out DIR [--requests 3] [--steps 50] [--unet-options SPELLING]
+Usage: python -m bench.gpu_serving --out DIR [--requests 3] [--steps 50] [--size 16x512x512] [--unet-options SPELLING]
        [--unet-timings] [--in-process-after] [--served-only] [--stream] [--compile-cache-dir DIR]
 """
 
@@ -46,6 +46,7 @@ from bench.diagnostics.call_profiler import PROFILED_CALLS, CallProfiler
 from openspeedy.client.api import Client
 from openspeedy.components import COMPONENT_CLASSES, load_component
 from openspeedy.export.repository import ExportOptions, build_repository, model_configs
+from openspeedy.model_parameters import parse_shapes
 from openspeedy.server import ServerOptions, TritonServer
 from openspeedy.unet.options import parse
 
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--requests", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", default="16x512x512", help="FRAMESxHEIGHTxWIDTH of the video")
     parser.add_argument("--unet-options", default="eager",
                         help="the UNet's options, served and in process: eager, fast, fast,-cuda_graphs... "
                              "(openspeedy/unet/options.py)")
@@ -213,7 +215,8 @@ def main() -> None:
     print("numpy", np.__version__, "torch", torch.__version__, flush=True)
     ensure_checkpoint(args.checkpoint, smoke=False)
 
-    request = video_request(args.steps)
+    ((frames, height, width),) = parse_shapes(args.size)
+    request = video_request(args.steps, frames, height, width)
     size = f"{request.num_frames}x{request.height}x{request.width}"
     unet_options = parse(args.unet_options)
     compiles = unet_options.compile_mode or args.vae_decoder_compile_mode
