@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from openspeedy.api.eta import queued_completion
+from openspeedy.api.eta import poll_after_ms, queued_completion
 from openspeedy.api.jobs import COMPLETED, IN_PROGRESS, QUEUED, Job, UnknownCursor, new_job_id, page
 from openspeedy.api.keys import LOCAL_OWNER, Keys
 from openspeedy.api.worker import WorkerOptions, Workers
@@ -290,10 +290,11 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
                 "last_id": data[-1]["id"] if data else None, "has_more": has_more}
 
     @app.get("/v1/videos/{video_id}", summary="Retrieve a video job")
-    def retrieve(owner: Caller, video_id: str) -> dict:
+    def retrieve(owner: Caller, video_id: str, response: Response) -> dict:
         """The official fields. A queued job also has ``queue_position``: how many queued jobs the API's
         workers start before it (0: it is next); and, queued or running, ``estimated_completed_at`` (Unix
-        time) once a running job gives a pace (openspeedy/api/eta.py)."""
+        time) once a running job gives a pace (openspeedy/api/eta.py). An unfinished job's answer has the
+        ``openai-poll-after-ms`` header: how long to wait before asking again (eta.poll_after_ms)."""
         found = owned_job(video_id, owner)
         job = found.public()
         if job["status"] == QUEUED:
@@ -303,6 +304,8 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
                 estimate = queued_completion(found, ahead, jobs.running())
                 if estimate is not None:
                     job["estimated_completed_at"] = estimate
+        if job["status"] in (QUEUED, IN_PROGRESS):
+            response.headers["openai-poll-after-ms"] = str(poll_after_ms(job.get("estimated_completed_at")))
         return job
 
     @app.get("/v1/videos/{video_id}/content", summary="Download the MP4 of a completed video job, or its preview",

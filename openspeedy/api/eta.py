@@ -5,6 +5,11 @@ plays the queue forward: the jobs ahead of it start in order as running ones fin
 steps at the running jobs' pace, scaled by its frames x height x width (a step's work grows about
 linearly with them at these sizes). The decode after the last step is not counted. Without a running job
 that has reported two steps there is no pace, and no estimate.
+
+The same estimate tells a polling client when to ask again (``poll_after_ms``, the ``openai-poll-after-ms``
+header). The official client's poll helper reads that header once, from the first answer, and then polls at
+that period to the end (without it: every second), so the hint is a period that keeps the wait after the
+video is done small against the whole wait: a tenth of the time still expected, within bounds.
 """
 
 from __future__ import annotations
@@ -46,3 +51,20 @@ def queued_completion(job: Job, ahead: list[Job], running: list[Job], now: float
         done = heapq.heappop(free) + duration(other)
         heapq.heappush(free, done)
     return round(done)
+
+
+# The poll hint's bounds: no closer than a few requests a second per client, no longer than 2 s (a
+# client that keeps its first hint waits on average half of it after the video is done).
+POLL_AFTER_MS = (250, 2000)
+POLL_WITHOUT_ESTIMATE_MS = 500
+
+
+def poll_after_ms(estimated_completed_at: int | None, now: float | None = None) -> int:
+    """How long a client should wait before retrieving an unfinished job again: a tenth of the time it is
+    still expected to take, within POLL_AFTER_MS; without an estimate (no job has a pace yet),
+    POLL_WITHOUT_ESTIMATE_MS."""
+    if estimated_completed_at is None:
+        return POLL_WITHOUT_ESTIMATE_MS
+    now = time.time() if now is None else now
+    low, high = POLL_AFTER_MS
+    return int(min(high, max(low, (estimated_completed_at - now) * 1000 / 10)))

@@ -19,6 +19,7 @@ import openai
 import PIL.Image
 import pytest
 
+from openspeedy.api.eta import poll_after_ms
 from openspeedy.api.jobs import MAX_ATTEMPTS, Job, RedisJobs, new_job_id
 from openspeedy.cache import REDIS_URL_ENV, REDIS_URL_FILE_ENV
 from openspeedy.client import Client
@@ -127,8 +128,10 @@ def test_create_poll_download_list_delete_with_the_openai_client(api, triton):
     thumbnail = PIL.Image.open(io.BytesIO(client.videos.download_content(created.id, variant="thumbnail").read()))
     assert thumbnail.format == "PNG" and thumbnail.size == (4 * 8, 8)
 
-    second = create(client, num_frames=2, num_inference_steps=2, seed=6)
-    wait_for(client, second.id, finished)
+    # The official client's own poll helper, which waits what the server's openai-poll-after-ms says.
+    second = client.videos.create_and_poll(prompt="a fox in the snow", input_reference=("in.png", IMAGE, "image/png"),
+                                           size="64x64", extra_body=dict(num_frames=2, num_inference_steps=2, seed=6))
+    assert second.status == "completed", second
     first_page = client.videos.list(limit=1)
     assert [v.id for v in first_page.data] == [second.id] and first_page.has_more  # newest first
     assert [v.id for v in client.videos.list(limit=1, order="asc").data] == [created.id]
@@ -348,12 +351,18 @@ def test_a_queued_job_shows_its_queue_position_and_when_it_should_be_done(api):
                               lambda v: "estimated_completed_at" in (v.model_extra or {}) or finished(v)
                               ).model_extra["estimated_completed_at"] for video in running]
         waiting = create(api.client(OTHER_KEY), num_frames=2, num_inference_steps=2, seed=5)
-        seen = api.client(OTHER_KEY).videos.retrieve(waiting.id)
+        answer = api.client(OTHER_KEY).videos.with_raw_response.retrieve(waiting.id)
+        seen = answer.parse()
         assert (seen.status, seen.model_extra.get("queue_position")) == ("queued", 0), seen
         assert seen.model_extra["estimated_completed_at"] >= min(estimates) - 5, (seen, estimates)
+        # When to ask again: a tenth of the time it is still expected to take, within the hint's bounds.
+        expected = poll_after_ms(seen.model_extra["estimated_completed_at"])
+        assert abs(int(answer.headers["openai-poll-after-ms"]) - expected) <= 200, (answer.headers, expected)
     finally:
         api.client().videos.delete(running[0].id)
         api.client(OTHER_KEY).videos.delete(running[1].id)
     done = wait_for(api.client(OTHER_KEY), waiting.id, finished)
     assert done.status == "completed" and not {"queue_position", "estimated_completed_at"} & set(
         done.model_extra or {}), done
+    finished_answer = api.client(OTHER_KEY).videos.with_raw_response.retrieve(waiting.id)
+    assert "openai-poll-after-ms" not in finished_answer.headers  # nothing left to wait for

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from openspeedy.api.eta import pace, queued_completion
+from openspeedy.api.eta import POLL_AFTER_MS, POLL_WITHOUT_ESTIMATE_MS, pace, poll_after_ms, queued_completion
 from openspeedy.api.jobs import Job
 
 NOW = 1_000_000.0
@@ -56,3 +56,11 @@ def test_a_running_job_without_its_own_estimate_counts_its_whole_duration():
 def test_a_worker_past_its_estimate_is_taken_as_free_now():
     running = [job(seconds_per_step=0.1, done_at=int(NOW) - 60)]
     assert queued_completion(job(steps=50), [], running, NOW) == NOW + 5
+
+
+def test_the_poll_hint_is_a_tenth_of_the_time_left_within_its_bounds():
+    low, high = POLL_AFTER_MS
+    assert poll_after_ms(None, NOW) == POLL_WITHOUT_ESTIMATE_MS
+    assert poll_after_ms(int(NOW) + 12, NOW) == 1200
+    assert poll_after_ms(int(NOW) + 600, NOW) == high  # a long wait: still asked about every few seconds
+    assert poll_after_ms(int(NOW) - 3, NOW) == low  # past its estimate (the decode): soon, not at once
