@@ -218,6 +218,16 @@ def step_overhead(data: dict) -> list[str]:
                     [[data["in_process_step_ms"], data["served_step_ms"], data["overhead_per_step_ms"]]])]
 
 
+def job_api_overhead(data: dict) -> list[str]:
+    rows = [[row["repeat"], f"{row['stream_s']:.3g}", f"{row['job_api_s']:.3g}", "yes" if row["same_video"] else "no"]
+            for row in data["runs"]]
+    return [f"{data['size']}, {data['steps']} steps, a preview every {data['preview_interval']} on both paths; "
+            f"server: {data['server']}:\n\n"
+            + table(("repeat", "gRPC stream s", "job API s (create, poll, download)", "same video"), rows),
+            f"Medians: stream {data['median_stream_s']:.3g} s, job API {data['median_job_api_s']:.3g} s: "
+            f"{data['overhead_s']:+.3g} s ({data['overhead']:+.1%})."]
+
+
 def startup(data: dict) -> list[str]:
     rows = [[start["run"], start["cache_files_before"], f"{start['ready_s']:.1f}"] for start in data["starts"]]
     lines = [f"`{data['variant']}` UNet at {data['shape']}:\n\n"
@@ -333,6 +343,7 @@ RENDERERS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("gpu_serving*.json", gpu_serving),
     ("cache*.json", cache),
     ("step_overhead*.json", step_overhead),
+    ("job_api_overhead*.json", job_api_overhead),
     ("multi_gpu_serving*.json", multi_gpu),
     ("perf_analyzer*.json", perf_analyzer),
     ("lossless_probe*.json", lossless_probe),

@@ -1,7 +1,10 @@
-"""The served UNet's timing adapter (python -m bench.gpu_serving --unet-timings) records every call and changes
-no result."""
+"""Benchmarks that run against a real server: the served UNet's timing adapter (python -m bench.gpu_serving
+--unet-timings) records every call and changes no result; the job API's overhead against a direct stream."""
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +45,16 @@ def test_timed_unet_model_records_every_call_and_changes_nothing(triton, tiny_re
     assert set(gpu_serving.medians(rows)) == set(rows[0])
     report = Path(f"{timings}.prof.txt").read_text()
     assert report.startswith("calls 60..62") and "runtime.py" in report and "Python (cProfile)" in report
+
+
+def test_the_job_api_overhead_benchmark_times_both_paths_and_gets_the_same_video(triton, tmp_path):
+    """bench.job_api_overhead against a running server: it starts `openspeedy api` itself, times the video
+    both ways, and both ways give the same frames."""
+    subprocess.run([sys.executable, "-m", "bench.job_api_overhead", "--out", str(tmp_path), "--server", triton.grpc_url,
+                    "--size", "2x64x64", "--steps", "3", "--repeats", "1"], check=True, capture_output=True,
+                   timeout=300)
+    result = json.loads((tmp_path / "job_api_overhead.json").read_text())
+    assert (result["size"], result["steps"], result["preview_interval"]) == ("2x64x64", 3, 3)
+    assert [sorted(row) for row in result["runs"]] == [["job_api_s", "repeat", "same_video", "stream_s"]]
+    assert result["same_video"] is True and result["median_job_api_s"] > 0 and result["median_stream_s"] > 0
+    assert result["overhead_s"] == result["median_job_api_s"] - result["median_stream_s"]
