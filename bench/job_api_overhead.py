@@ -34,7 +34,7 @@ from bench.common import Results
 from openspeedy.api.worker import PREVIEW_INTERVAL
 from openspeedy.client import Client
 from openspeedy.model_parameters import parse_shapes
-from openspeedy.server import ServerOptions, TritonServer, _free_loopback_port
+from openspeedy.server import ServerOptions, TritonServer, free_loopback_port
 from openspeedy.video import decode_video
 
 PROMPT = "a lighthouse by the sea"
@@ -51,8 +51,8 @@ def tiny_server(directory: Path) -> Iterator[str]:
 
     repository = directory / "models"
     export_main(["--tiny", "--output", str(repository)])
-    options = ServerOptions(repository, http_port=_free_loopback_port(), grpc_port=_free_loopback_port(),
-                            metrics_port=_free_loopback_port())
+    options = ServerOptions(repository, http_port=free_loopback_port(), grpc_port=free_loopback_port(),
+                            metrics_port=free_loopback_port())
     server = TritonServer(options, log_path=directory / "triton.log").start()
     try:
         yield server.grpc_url
@@ -63,7 +63,7 @@ def tiny_server(directory: Path) -> Iterator[str]:
 @contextmanager
 def job_api(grpc_url: str, log: Path) -> Iterator[str]:
     """`openspeedy api` in front of ``grpc_url``; yields its base URL once it answers."""
-    port = _free_loopback_port()
+    port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "ab") as output:
         process = subprocess.Popen([sys.executable, "-m", "openspeedy.cli", "api", "--port", str(port),
@@ -102,8 +102,9 @@ def main() -> None:
     picture.save(buffer, format="PNG")
     image = buffer.getvalue()
     options = dict(num_frames=frames, num_inference_steps=args.steps, seed=7)
+    preview_interval = min(PREVIEW_INTERVAL, args.steps)  # what the API's workers ask for
     results = Results(args.out / "job_api_overhead.json", size=args.size, steps=args.steps,
-                      preview_interval=min(PREVIEW_INTERVAL, args.steps),
+                      preview_interval=preview_interval,
                       server="tiny random repository" if args.tiny else args.server,
                       **({"note": TINY_NOTE} if args.tiny else {}))
 
@@ -116,7 +117,7 @@ def main() -> None:
 
         def through_stream() -> bytes:
             return direct.generate_stream(image, PROMPT, frames=False, mp4=True, height=height, width=width,
-                                          preview_interval=min(PREVIEW_INTERVAL, args.steps), **options).mp4
+                                          preview_interval=preview_interval, **options).mp4
 
         def through_job_api() -> bytes:
             job = jobs.videos.create_and_poll(prompt=PROMPT, input_reference=("in.png", image, "image/png"),

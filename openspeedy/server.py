@@ -225,7 +225,7 @@ class TritonServer:
         self.guard = None  # openspeedy.http_guard.HttpGuard, while it runs
         self.triton_http_port = options.http_port
         if options.http_guard:
-            self.triton_http_port = options.private_http_port or _free_loopback_port()
+            self.triton_http_port = options.private_http_port or free_loopback_port()
         self._regions: set[str] = set()  # the stubs' shared-memory regions seen, removed once the server is gone
         self._stop_requested = threading.Event()
         self.fatal_signal = 0  # the signal tritonserver's handler said it caught (_copy_output)
@@ -508,7 +508,7 @@ class StopRequested(RuntimeError):
     """SIGINT or SIGTERM came while tritonserver was starting."""
 
 
-def _free_loopback_port() -> int:
+def free_loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -13,15 +13,13 @@ import numpy as np
 import PIL.Image
 
 from openspeedy import contracts
+from openspeedy.server import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 SOURCE_REPOSITORY = ROOT / "model_repository"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = free_loopback_port
 
 
 class PortForwarder:

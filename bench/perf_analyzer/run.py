@@ -44,7 +44,6 @@ import platform
 import re
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -304,12 +303,6 @@ def parse_console(text: str) -> dict[int, dict[str, Any]]:
             else:
                 _server_block(line, block)
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_has_model(protocol: str, url: str, model: str) -> bool:
@@ -609,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
                     parser.error("--grpc-url needs --http-url")
                 urls = {"grpc": args.grpc_url, "http": args.http_url}
             else:
-                from openspeedy.server import ServerOptions, TritonServer
+                from openspeedy.server import ServerOptions, TritonServer, free_loopback_port
 
                 repository = args.repository
                 repository_label = str(repository)
@@ -619,8 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                     repository = Path(temporary) / "models"
                     export_main(["--tiny", "--output", str(repository)])
                     repository_label = "tiny (python -m openspeedy.export --tiny)"
-                options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(),
-                                        metrics_port=free_port())
+                options = ServerOptions(repository, http_port=free_loopback_port(),
+                                        grpc_port=free_loopback_port(), metrics_port=free_loopback_port())
                 log_path = Path(temporary) / "triton.log"
                 print(f"starting tritonserver on {repository} (log {log_path}) ...")
                 server = TritonServer(options, log_path=log_path).start()
