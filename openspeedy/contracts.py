@@ -219,6 +219,13 @@ _CACHE_HIT = TensorSpec(
     description="true when the image's encodings (CLIP embedding, VAE posterior) came from the encoding cache",
 )
 _PROGRESS = TensorSpec("PROGRESS", "INT32", (2,), description="(steps done, total steps), one response per step")
+NO_ESTIMATE_MS = -1
+_QUEUE = TensorSpec(
+    "QUEUE", "INT32", (2,),
+    description="(requests ahead, the running one included; expected milliseconds until it starts, "
+                f"{NO_ESTIMATE_MS} before any pace is known), while the request waits: when it arrives, when "
+                "its place changes and every few seconds",
+)
 
 # Live previews, stream model only: the plain model answers once, at the end, so it has nowhere to send
 # one and does not declare the input (Triton refuses a request that names it).
@@ -237,7 +244,7 @@ I2VGEN_XL = ModelContract(name="i2vgen_xl", inputs=_ENTRY_INPUTS, outputs=(_VIDE
 # The stream model sends CACHE_HIT with the video, in its final response.
 I2VGEN_XL_STREAM = ModelContract(
     name="i2vgen_xl_stream", inputs=(*_ENTRY_INPUTS, _PREVIEW_INTERVAL),
-    outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT, _PROGRESS, _PREVIEW),
+    outputs=(_VIDEO, _VIDEO_MP4, _CACHE_HIT, _QUEUE, _PROGRESS, _PREVIEW),
     decoupled=True,
 )
 

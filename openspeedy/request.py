@@ -70,7 +70,7 @@ class RequestSettings:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    image: PIL.Image.Image
+    image: PIL.Image.Image | None  # None while it waits (without_pixels)
     prompt: str
     negative_prompt: str
     num_frames: int
@@ -86,6 +86,17 @@ class GenerationRequest:
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     feature_reuse_interval: int = 1
     preview_interval: int = 0  # stream model only: a preview every N steps, 0: none
+
+    def without_pixels(self) -> "GenerationRequest":
+        """The request as it waits its turn: the image as the client's file only (eight decoded
+        64-megapixel images would hold 1.5 GB meanwhile); ``with_pixels`` decodes it again."""
+        return dataclasses.replace(self, image=None)
+
+    def with_pixels(self, settings: RequestSettings) -> "GenerationRequest":
+        if self.image is not None:
+            return self
+        image = decode_image(self.image_bytes, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        return dataclasses.replace(self, image=image)
 
     def previews_at(self, step: int) -> bool:
         """Whether the stream sends a preview after ``step`` steps (1-based)."""

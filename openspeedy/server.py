@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import psutil
 
+from openspeedy.contracts import I2VGEN_XL_STREAM
+from openspeedy.serving.line import CLOSED
 from openspeedy.watchdog import EXPLICIT_MODEL_CONTROL, StubWatchdog, remove_region, stub_region
 
 CONTAINER_ROOT = Path("/opt/tritonserver")
@@ -39,6 +42,8 @@ FATAL_SIGNAL_LINE = re.compile(rb"^Signal \(([4678]|11)\) received\.")
 UNLOADING_LINE = re.compile(rb'.*"All models are stopped, unloading models"')
 # How long that unloading may take before the launcher ends the server: seconds on CPU and GPU alike.
 UNLOAD_GRACE_S = 5.0
+# Logged by the stream model's line once it has finished its running request at an unload.
+LINE_CLOSED = re.compile(rb".*" + re.escape(f"{I2VGEN_XL_STREAM.name}: {CLOSED}".encode()))
 
 # Triton's admin protocols, refused without the admin key (docs/security.md says why each one):
 # model-repository (load/unload/index: one anonymous unload took the service down), shared-memory
@@ -230,6 +235,7 @@ class TritonServer:
         self._stop_requested = threading.Event()
         self.fatal_signal = 0  # the signal tritonserver's handler said it caught (_copy_output)
         self._unloading_since = 0.0  # when tritonserver said it had only its models' unloading left
+        self._line_closed_at = 0.0  # when the stream model's line said it was done (at its unload)
         self._stop_code: int | None = None  # what ending the current process gave, for a second stop() to repeat
         self._log = None
 
@@ -324,7 +330,7 @@ class TritonServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
         self.fatal_signal = 0
-        self._unloading_since = 0.0
+        self._unloading_since = self._line_closed_at = 0.0
         self._stop_code = None
         self.process = subprocess.Popen(
             self.command(install),
@@ -361,6 +367,8 @@ class TritonServer:
                 self.fatal_signal = int(match.group(1))
             if UNLOADING_LINE.match(line):
                 self._unloading_since = time.monotonic()
+            if LINE_CLOSED.match(line):
+                self._line_closed_at = time.monotonic()
             try:
                 if sink is None:
                     sys.stdout.write(line.decode(errors="replace"))
@@ -435,6 +443,10 @@ class TritonServer:
         self._learn_regions()
         hung_unloading = False
         if self.process.poll() is None:
+            if timeout > 0:
+                started = time.monotonic()
+                self._finish_stream_line(timeout)
+                timeout = max(1.0, timeout - (time.monotonic() - started))
             self.process.send_signal(signal.SIGTERM)
             hung_unloading = self._wait_for_stop(timeout)
         # Whatever is left of the group (a hung server, or the stubs a crashed one orphaned) goes with it.
@@ -451,6 +463,42 @@ class TritonServer:
         # Every request had finished and every other model had unloaded: nothing was lost, the stop is clean.
         self._stop_code = 0 if hung_unloading else self.process.returncode
         return self._stop_code
+
+    def _finish_stream_line(self, timeout: float) -> None:
+        """Unloads the stream model before the rest, waiting up to Triton's exit timeout (and ``timeout``).
+
+        The stream model keeps its waiting and running requests in its own line (openspeedy.serving.line),
+        which Triton does not count as requests in flight: at a SIGTERM it would unload the components under
+        them. Unloaded first, it takes no new request and Triton waits for those its line holds, which
+        finish while the components still serve them. Needs the model-control API (explicit mode, which the
+        watchdog turns on); without it, a SIGTERM fails the stream requests still held."""
+        model = I2VGEN_XL_STREAM.name
+        if not self.options.restart_dead_stubs or not (self.options.model_repository / model).is_dir():
+            return
+        headers = {"Content-Type": "application/json", **self.admin_headers}
+        base = f"http://{self.triton_http_url}/v2/repository"
+        try:
+            unload = urllib.request.Request(f"{base}/models/{model}/unload", data=b"{}", method="POST",
+                                            headers=headers)
+            urllib.request.urlopen(unload, timeout=10).close()
+        except OSError as error:
+            print(f"openspeedy: could not unload {model} before the stop ({error}); stopping at once", flush=True)
+            return
+        deadline = time.monotonic() + min(timeout, self.options.exit_timeout_s)
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                index = urllib.request.Request(f"{base}/index", data=b"{}", method="POST", headers=headers)
+                with urllib.request.urlopen(index, timeout=10) as response:
+                    states = {entry["name"]: entry.get("state") for entry in json.loads(response.read())}
+            except (OSError, ValueError):
+                return
+            if states.get(model) not in ("READY", "UNLOADING"):
+                return
+            if self._line_closed_at and time.monotonic() - self._line_closed_at > UNLOAD_GRACE_S:
+                return  # its line is done; what still holds it is Triton's (see _wait_for_stop): the stop ends it
+            time.sleep(0.2)
+        print(f"openspeedy: {model} did not unload within {self.options.exit_timeout_s} s; stopping anyway",
+              flush=True)
 
     def _wait_for_stop(self, timeout: float) -> bool:
         """Waits for tritonserver to exit after SIGTERM; True if it was ended for hanging in its unloading.

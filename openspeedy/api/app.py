@@ -292,7 +292,8 @@ def create_app(jobs, options: ApiOptions) -> FastAPI:
     @app.get("/v1/videos/{video_id}", summary="Retrieve a video job")
     def retrieve(owner: Caller, video_id: str, response: Response) -> dict:
         """The official fields. A queued job also has ``queue_position``: how many queued jobs the API's
-        workers start before it (0: it is next); and, queued or running, ``estimated_completed_at`` (Unix
+        workers start before it (0: it is next); a job in progress that still waits in the server's line
+        (behind other clients' requests), its place there; and, queued or running, ``estimated_completed_at`` (Unix
         time) once a running job gives a pace (openspeedy/api/eta.py). An unfinished job's answer has the
         ``openai-poll-after-ms`` header: how long to wait before asking again (eta.poll_after_ms)."""
         found = owned_job(video_id, owner)

@@ -46,10 +46,12 @@ class Job:
     # While it runs (its worker sets them from its steps, openspeedy/api/eta.py): its pace and its estimate.
     seconds_per_step: float | None = None
     estimated_completed_at: int | None = None
+    # Taken by a worker but waiting in the server's line (behind other clients' requests): its place there.
+    queue_position: int | None = None
 
     def public(self) -> dict[str, Any]:
-        """The job as the API shows it: the official ``Video`` object, and a running job's
-        ``estimated_completed_at`` once it has one."""
+        """The job as the API shows it: the official ``Video`` object, a running job's
+        ``estimated_completed_at`` once it has one, and its ``queue_position`` while the server's line holds it."""
         shown = {
             "id": self.id, "object": "video", "model": self.model, "status": self.status, "progress": self.progress,
             "created_at": self.created_at, "completed_at": self.completed_at, "expires_at": self.expires_at,
@@ -58,6 +60,8 @@ class Job:
         }
         if self.status == IN_PROGRESS and self.estimated_completed_at is not None:
             shown["estimated_completed_at"] = self.estimated_completed_at
+        if self.status == IN_PROGRESS and self.queue_position is not None:
+            shown["queue_position"] = self.queue_position
         return shown
 
     def start(self) -> None:

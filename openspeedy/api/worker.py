@@ -94,6 +94,12 @@ class Workers:
         first_step: list[tuple[int, float]] = []  # (step, time) of the first step reported: the pace starts there
 
         def on_progress(update: Progress) -> None:
+            if update.waiting:  # on the server, behind other requests: its place, until its first step
+                if job.queue_position != update.ahead:
+                    job.queue_position = update.ahead
+                    self.jobs.save(job)
+                return
+            job.queue_position = None
             if update.preview is not None:
                 self.jobs.save_preview(job_id, update.preview)
             now = time.time()
@@ -113,7 +119,7 @@ class Workers:
                                            mp4=True, preview_interval=min(PREVIEW_INTERVAL, steps), **job.options)
         except GenerationCancelled:
             if self._stop.is_set():
-                job.status, job.progress = QUEUED, 0
+                job.status, job.progress, job.queue_position = QUEUED, 0, None
                 self.jobs.requeue(job)
                 log.info("job %s: queued again, this process is stopping", job_id)
             return  # else it was deleted: nothing is left to keep

@@ -158,11 +158,27 @@ def _keepalive():
 class Progress:
     """One progress response of a stream: ``step`` of ``total`` denoising steps done, and at the request's
     ``preview_interval`` a PNG ``preview`` of the video predicted so far (a strip of a few frames at latent
-    resolution), else None."""
+    resolution), else None.
+
+    Before its first step, while the request waits on the server: ``ahead``, the requests before it there
+    (the running one included), and ``starts_in_s``, when it is expected to start (None: no estimate
+    yet); ``step`` is then 0 and ``total`` not yet told (0). After it starts, ``ahead`` is None."""
 
     step: int
     total: int
     preview: bytes | None = None
+    ahead: int | None = None
+    starts_in_s: float | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.ahead is not None
+
+    def place(self) -> str:
+        """The wait in words: "queued on the server: 2 requests ahead, starting in about 40 s"."""
+        requests = "1 request" if self.ahead == 1 else f"{self.ahead} requests"
+        when = f"starting in about {self.starts_in_s:.0f} s" if self.starts_in_s is not None else "no estimate yet"
+        return f"queued on the server: {requests} ahead, {when}"
 
 
 @dataclass
@@ -219,12 +235,14 @@ class _Wait:
         self.cancel, self.timeout_s = cancel, timeout_s
         self.deadline = time.monotonic() + timeout_s if timeout_s else None
         self.step = self.total = 0
+        self.ahead: int | None = None  # while a stream waits on the server: the requests before it
         self.reports_steps = False  # only a stream tells the steps done; a plain call's wait knows nothing of them
 
     def check(self) -> None:
         where = ""
         if self.reports_steps:
-            where = f" after step {self.step}/{self.total}" if self.total else " before the first step"
+            where = (f" after step {self.step}/{self.total}" if self.total
+                     else f" while queued, {self.ahead} ahead" if self.ahead is not None else " before the first step")
         if self.cancel is not None and self.cancel.is_set():
             raise GenerationCancelled(f"cancelled by the client{where}", self.step)
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -413,13 +431,14 @@ class Client:
         cancel_after_step: int | None = None,
         **options: Any,
     ) -> Video:
-        """Like ``generate`` through the streaming model (gRPC only): ``on_progress(Progress)`` after
-        each denoising step (with a preview every ``preview_interval`` steps, an option of this model).
+        """Like ``generate`` through the streaming model (gRPC only): ``on_progress(Progress)`` while it
+        waits on the server (its place) and after each denoising step (with a preview every
+        ``preview_interval`` steps, an option of this model).
         Setting ``cancel`` (or reaching ``cancel_after_step``) cancels the request: the server stops
         within a step, and GenerationCancelled is raised."""
         if self.protocol != "grpc":
             raise ValueError("streaming needs gRPC: Triton answers decoupled models over HTTP with 501")
-        wanted = ["PROGRESS", "PREVIEW", "CACHE_HIT"]
+        wanted = ["QUEUE", "PROGRESS", "PREVIEW", "CACHE_HIT"]
         wanted += [name for name, flag in (("VIDEO", frames), ("VIDEO_MP4", mp4)) if flag]
         arrays = request_arrays(image, prompt, stream=True, **options)
         if cancel_after_step is not None:
@@ -429,7 +448,7 @@ class Client:
             def on_progress(progress: Progress) -> None:
                 if inner is not None:
                     inner(progress)
-                if progress.step >= cancel_after_step:
+                if not progress.waiting and progress.step >= cancel_after_step:
                     cancel.set()
 
         return self._with_retries(
@@ -455,6 +474,13 @@ class Client:
                 if error is not None:
                     finished = True  # the server has ended this request
                     raise _error(error, wait.step)
+                place = result.as_numpy("QUEUE")
+                if place is not None:
+                    wait.ahead, starts_in_ms = (int(v) for v in place)
+                    if on_progress is not None:
+                        starts_in_s = starts_in_ms / 1000 if starts_in_ms >= 0 else None
+                        on_progress(Progress(0, 0, ahead=wait.ahead, starts_in_s=starts_in_s))
+                    continue
                 progress = result.as_numpy("PROGRESS")
                 if progress is not None:
                     wait.step, wait.total = (int(v) for v in progress)

@@ -77,8 +77,15 @@ def run(args: argparse.Namespace) -> int:
         with Client(args.url, args.protocol, timeout_s=args.timeout, retry=retry, on_retry=_say_retry) as client:
             if stream:
 
+                told = []  # the place last printed while the request waited on the server
+
                 def progress(update: Progress) -> None:
                     nonlocal bar
+                    if update.waiting:
+                        if told[-1:] != [update.ahead]:  # a line per place, not per refresh of its estimate
+                            told.append(update.ahead)
+                            print(update.place(), file=sys.stderr, flush=True)
+                        return
                     if bar is None:  # from the first step on: retry messages before it keep their own lines
                         bar = tqdm(desc="denoising", unit="step", total=update.total, file=sys.stderr)
                     bar.update(update.step - bar.n)

@@ -64,9 +64,13 @@ class LoadMetric:
 
 
 class ServingMetrics:
-    """Requests in flight, denoising step latency and frames generated, labelled by entry model."""
+    """Requests in flight and waiting, denoising step latency and frames generated, labelled by entry model.
+    ``waiting`` and ``wait_seconds``: the stream model's own line (openspeedy.serving.line), where its requests
+    wait instead of Triton's queue (``nv_inference_pending_request_count``, ``nv_inference_queue_duration_us``
+    stay at 0 for it); at 0 for the plain model, so that sums over both entry models always have both."""
 
     STEP_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    WAIT_BUCKETS = [0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]
 
     def __init__(self, model: str):
         labels = {"model": model}
@@ -77,10 +81,20 @@ class ServingMetrics:
             "openspeedy_denoising_step_seconds", "Wall time of one denoising step (UNet call + scheduler step)",
             pb_utils.MetricFamily.HISTOGRAM,
         )
+        self.waiting_family = pb_utils.MetricFamily(
+            "openspeedy_requests_waiting", "Generation requests waiting in the model's own line",
+            pb_utils.MetricFamily.GAUGE,
+        )
+        self.wait_family = pb_utils.MetricFamily(
+            "openspeedy_queue_wait_seconds", "Time a request waited in the model's own line before it started",
+            pb_utils.MetricFamily.HISTOGRAM,
+        )
         self.frames_family = pb_utils.MetricFamily(
             "openspeedy_frames_generated_total", "Video frames returned to clients", pb_utils.MetricFamily.COUNTER
         )
         self.in_flight_gauge = self.in_flight_family.Metric(labels=labels)
+        self.waiting = self.waiting_family.Metric(labels=labels)
+        self.wait_seconds = self.wait_family.Metric(labels=labels, buckets=self.WAIT_BUCKETS)
         self.step_seconds = self.step_family.Metric(labels=labels, buckets=self.STEP_BUCKETS)
         self.frames = self.frames_family.Metric(labels=labels)
 

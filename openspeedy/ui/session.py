@@ -196,6 +196,9 @@ class Generations:
                               errors={SERVER: why}))
 
         def on_progress(progress: Progress) -> None:
+            if progress.waiting:
+                events.put(Update(status=f"{progress.place().capitalize()}."))
+                return
             preview = PIL.Image.open(io.BytesIO(progress.preview)) if progress.preview else None
             events.put(Update(status=f"Denoising: step {progress.step} of {progress.total}",
                               progress=(progress.step, progress.total), preview=preview))

@@ -21,8 +21,9 @@ def in_flight(server, model: str = "i2vgen_xl_stream") -> float:
 
 
 def pending(server, model: str = "i2vgen_xl_stream") -> float:
-    """Requests waiting in Triton's queue of ``model``."""
-    return metric(server, "nv_inference_pending_request_count", model) or 0.0
+    """Requests waiting to start on ``model``: in Triton's queue, and in the stream model's own line."""
+    return ((metric(server, "nv_inference_pending_request_count", model) or 0.0)
+            + (metric(server, "openspeedy_requests_waiting", model) or 0.0))
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.1):

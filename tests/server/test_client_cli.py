@@ -90,6 +90,24 @@ def test_timeout_cancels_on_the_server_with_a_message(triton, tmp_path):
     wait_until(lambda: in_flight(triton) == 0, 15, "the in-flight gauge to drop to 0")
 
 
+def test_a_request_waiting_on_the_server_prints_its_place_then_runs(triton, tmp_path):
+    first = Generate(triton.grpc_url, tmp_path / "first.mp4", *LONG)
+    try:
+        wait_until(lambda: first.step() >= 1, 120, "the first request's first step")
+        second = Generate(triton.grpc_url, tmp_path / "second.mp4", *QUICK)
+        wait_until(lambda: "queued on the server" in second.stderr, 60, "the second request's place")
+        first.process.send_signal(signal.SIGINT)
+        assert first.wait(timeout=30) == 130, first.stderr
+        assert second.wait(timeout=120) == 0, second.stderr
+    finally:
+        first.process.kill()
+    place, *_ = second.messages()
+    assert re.fullmatch(r"queued on the server: 1 request ahead, (starting in about \d+ s|no estimate yet)",
+                        place), second.stderr
+    assert "Traceback" not in second.stderr
+    assert decode_video((tmp_path / "second.mp4").read_bytes()).shape == (3, 64, 64, 3)
+
+
 @pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
 def test_model_is_honoured_on_every_path(triton, tmp_path, stream):
     run = Generate(triton.grpc_url, tmp_path / "v.mp4", *QUICK, stream, "--model", "no_such_model")

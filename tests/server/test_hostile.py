@@ -212,7 +212,7 @@ def test_launcher_restarts_a_crashed_tritonserver_then_gives_up_on_a_crash_loop(
         served.close()
 
 
-STREAMS = 14  # the stream model runs one request and queues 8 (max_queue_size): the rest are refused
+STREAMS = 14  # an entry model runs one request and queues 8 (max_queue_size): the rest are refused
 
 
 def _stream_inputs() -> list:
@@ -228,20 +228,20 @@ def _stream_inputs() -> list:
     return inputs
 
 
-def _stop(served: Launcher) -> tuple[int, float, str]:
+def _stop(served: Launcher, timeout: float = 60) -> tuple[int, float, str]:
     """SIGTERM to the launcher; its exit code, how long the stop took and the launcher's log."""
     served.process.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    code = served.process.wait(60)
+    code = served.process.wait(timeout)
     return code, time.monotonic() - started, served.log_path.read_text()
 
 
 def test_stop_after_refused_streams_are_cancelled_is_quick_and_leaves_no_shared_memory(repository, tmp_path):
     """Tritonserver 2.51's gRPC stream handler keeps the state of a request it refused at enqueue (here:
-    the queue is full) once the client cancels that stream; the state holds the request, the request holds
-    its model, and at a stop that model never unloads. The launcher ends such a server once every request
-    has finished. (The day Triton releases that state, the log line asserted below disappears: the
-    launcher's UNLOAD_GRACE_S may then go.)"""
+    Triton's queue of the plain model, sent over streams, is full) once the client cancels that stream; the
+    state holds the request, the request holds its model, and at a stop that model never unloads. The
+    launcher ends such a server once every request has finished. (The day Triton releases that state, the
+    log line asserted below disappears: the launcher's UNLOAD_GRACE_S may then go.)"""
     import tritonclient.grpc as grpcclient
 
     # Triton's exit timeout well past the 10 s asked of the stop: a model that never unloads shows.
@@ -252,7 +252,7 @@ def test_stop_after_refused_streams_are_cancelled_is_quick_and_leaves_no_shared_
             client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.ports['grpc']}")
             client.start_stream(callback=lambda result, error, index=index: error is not None and refused.setdefault(
                 index, str(error)))
-            client.async_stream_infer("i2vgen_xl_stream", _stream_inputs())
+            client.async_stream_infer("i2vgen_xl", _stream_inputs())
             clients.append(client)
         _wait_until(lambda: len(refused) >= STREAMS - 9, 120, "the requests past the queue to be refused")
         assert all("Exceeds maximum queue size" in error for error in refused.values()), refused
@@ -271,8 +271,10 @@ def test_stop_after_refused_streams_are_cancelled_is_quick_and_leaves_no_shared_
 
 
 def test_our_client_closes_a_refused_stream_so_the_server_stops_by_itself(repository, tmp_path):
-    """openspeedy's client closes the stream of a request the server refused without cancelling it, and
-    cancels only requests that are queued or running: after that, tritonserver stops by itself."""
+    """The stream model's line refuses what it has no room for with Triton's own words; openspeedy's client
+    closes the stream of a refused request without cancelling it (which leaves no state behind where Triton
+    refused it) and cancels only requests that are waiting or running: after that, tritonserver stops by
+    itself."""
     from openspeedy.client import Client, GenerationCancelled, GenerationError
     from openspeedy.client.api import NO_RETRY
 
@@ -302,6 +304,50 @@ def test_our_client_closes_a_refused_stream_so_the_server_stops_by_itself(reposi
         assert code == 0, served.log()
         assert "did not unload" not in log and "killing it" not in log, served.log()
         assert '"successfully unloaded \'i2vgen_xl_stream\' version 1"' in log, served.log()
+    finally:
+        served.close()
+
+
+def test_a_stop_finishes_every_request_in_the_stream_models_line(repository, tmp_path):
+    """Triton counts what the stream model's line holds as no request in flight, so a SIGTERM alone would
+    unload the components under its running request. The launcher unloads the stream model first: Triton
+    takes no new request for it and waits for those it holds, the running one and the one waiting, while
+    the components still serve them; then the stop goes on, cleanly."""
+    from openspeedy.client import Client, GenerationError
+    from openspeedy.client.api import NO_RETRY
+    from openspeedy.serving.line import CLOSED
+
+    # Triton's exit timeout bounds the wait for the line: room for both videos on a slow, busy machine.
+    served = Launcher(repository, tmp_path / "launcher.log", "--exit-timeout-secs", "240")
+    try:
+        updates: dict[str, list] = {"running": [], "waiting": []}
+        results: dict[str, object] = {}
+
+        def generate(name: str, **options) -> None:
+            with Client(f"127.0.0.1:{served.ports['grpc']}", retry=NO_RETRY) as client:
+                try:
+                    results[name] = client.generate_stream(IMAGE, name, on_progress=updates[name].append, **options)
+                except GenerationError as error:
+                    results[name] = error
+
+        threads = [threading.Thread(target=generate, args=("running",),
+                                    kwargs=dict(num_frames=16, height=128, width=128, num_inference_steps=40))]
+        threads[0].start()
+        _wait_until(lambda: len(updates["running"]) >= 2, 120, "the running request's first steps")
+        threads.append(threading.Thread(target=generate, args=("waiting",), kwargs=dict(num_inference_steps=2)))
+        threads[1].start()
+        _wait_until(lambda: updates["waiting"], 60, "the waiting request's place")
+        at_stop = updates["running"][-1].step
+        code, _, log = _stop(served, timeout=300)
+        assert at_stop < 40, "the running request finished before the stop: nothing was tested"
+        for thread in threads:
+            thread.join(60)
+        assert not any(isinstance(result, GenerationError) for result in results.values()), (results, served.log())
+        assert results["running"].frames.shape[0] == 16 and updates["running"][-1].step == 40
+        assert updates["waiting"][0].waiting and updates["waiting"][-1].step == 2  # it waited, then ran
+        assert code == 0, served.log()
+        assert f"i2vgen_xl_stream: {CLOSED}" in log, served.log()
+        assert "did not unload" not in log and "killing it" not in log, served.log()
     finally:
         served.close()
 

@@ -343,17 +343,19 @@ def test_the_jobs_ahead_are_those_workers_take_first(kind, request):
 
 
 def test_a_queued_job_shows_its_queue_position_and_when_it_should_be_done(api):
-    """Two long videos keep the API's two workers busy (the second one's stream waits in tritonserver's
-    queue: the tiny server runs one video at a time); once the first has a pace, it has an estimate of when
-    it is done, and a third waits first in line, done no earlier than the first ends, then runs."""
+    """Two long videos keep the API's two workers busy (the second one's stream waits in the stream model's
+    line: the tiny server runs one video at a time, and the job shows its place there); once the first has
+    a pace, it has an estimate of when it is done, and a third waits first in line, done no earlier than the
+    first ends, then runs."""
     running = [create(api.client(), **LONG), create(api.client(OTHER_KEY), **LONG)]
     try:
         first = wait_for(api.client(), running[0].id,
                          lambda v: "estimated_completed_at" in (v.model_extra or {}) or finished(v))
         assert first.status == "in_progress", first
         estimates = [first.model_extra["estimated_completed_at"]]
-        taken = wait_for(api.client(OTHER_KEY), running[1].id, lambda v: v.status != "queued")
-        assert taken.status == "in_progress", taken
+        taken = wait_for(api.client(OTHER_KEY), running[1].id,
+                         lambda v: "queue_position" in (v.model_extra or {}) or finished(v))
+        assert (taken.status, taken.model_extra["queue_position"]) == ("in_progress", 1), taken  # on the server
         waiting = create(api.client(OTHER_KEY), num_frames=2, num_inference_steps=2, seed=5)
         answer = api.client(OTHER_KEY).videos.with_raw_response.retrieve(waiting.id)
         seen = answer.parse()

@@ -5,6 +5,7 @@ import concurrent.futures
 import dataclasses
 import io
 import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,7 @@ from openspeedy.export.repository import TINY_SETTINGS, ExportOptions, build_rep
 from openspeedy.model_config import QueuePolicy
 from openspeedy.server import ServerOptions, TritonServer
 from tests.helpers import encode, free_port, random_image
+from tests.server.serving_checks import pending, wait_until
 
 pytestmark = pytest.mark.server
 IMAGE = encode(random_image(100, 60, seed=31))
@@ -48,6 +50,43 @@ def test_stream_sends_a_preview_every_interval_and_the_same_video(triton):
     assert all(image.format == "PNG" and image.size == (4 * 8, 8) for image in previews)
     assert len({image.tobytes() for image in previews}) == 3  # the prediction changes as the steps go
     assert streamed.frames.tobytes() == plain.frames.tobytes()  # previews do not change the video
+
+
+def test_a_request_waiting_behind_others_is_told_its_place_and_when_it_starts(triton):
+    """The stream model's own line: each waiting request hears how many are ahead (the running one
+    included) as that changes, with an estimate once the running one has a pace; then it runs."""
+    stop_first = threading.Event()
+    updates: dict[str, list] = {"first": [], "second": [], "third": []}
+
+    def run(name: str, **options) -> object:
+        with Client(triton.grpc_url) as client:
+            return client.generate_stream(IMAGE, name, on_progress=updates[name].append, **options)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(run, "first", cancel=stop_first, num_frames=32, height=256, width=256,
+                            num_inference_steps=100)
+        wait_until(lambda: updates["first"], 60, "the first request's first step")
+        second = pool.submit(run, "second", num_frames=2, num_inference_steps=3, seed=1)
+        wait_until(lambda: updates["second"], 30, "the second request's place")
+        third = pool.submit(run, "third", num_frames=2, num_inference_steps=3, seed=2)
+        wait_until(lambda: pending(triton) == 2, 30, "both waiting in the line")
+        wait_until(lambda: updates["third"] and updates["third"][-1].starts_in_s is not None, 30,
+                   "an estimate for the third (refreshed every few seconds)")
+        stop_first.set()
+        with pytest.raises(GenerationError):
+            first.result(60)
+        assert second.result(60).frames.shape[0] == 2 and third.result(60).frames.shape[0] == 2
+    places = {name: [u.ahead for u in seen if u.waiting] for name, seen in updates.items()}
+    assert places["first"] == []  # it started at once
+    assert places["second"][0] == 1 and set(places["second"]) == {1}
+    assert places["third"][0] == 2 and places["third"][-1] == 1, places  # it moved up, then ran
+    estimates = [u.starts_in_s for u in updates["third"] if u.waiting]
+    assert estimates[-1] is not None and estimates[-1] >= 0, estimates
+    for name in ("second", "third"):  # the steps follow the waiting, never the other way round
+        steps = [u.step for u in updates[name] if not u.waiting]
+        assert steps == [1, 2, 3] and updates[name].index(next(u for u in updates[name] if not u.waiting)) == \
+            len(places[name]), updates[name]
+    assert pending(triton) == 0
 
 
 def test_preview_interval_is_checked_and_the_plain_model_refuses_it(triton):

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from openspeedy.client import Client as OpenSpeedyClient
-from openspeedy.client import example_image
+from openspeedy.client import GenerationCancelled, example_image
 from openspeedy.video import decode_video
 from tests.helpers import PortForwarder, free_port
 from tests.server.serving_checks import LogTail, in_flight, wait_until
@@ -152,6 +153,30 @@ def test_the_preview_changes_during_a_generation_and_the_video_replaces_it(page)
     assert len(set(seen)) >= 2, seen  # shown in place, and it changed as the steps went
     assert not page.locator("#preview img").is_visible()  # the video took its place
     assert page.locator("#video video").count() == 1
+
+
+def test_the_queue_position_shows_while_another_request_runs(page, triton):
+    """Another client's long video runs; the page's request waits in the server's line and says so."""
+    stop_other = threading.Event()
+
+    def other() -> None:
+        with OpenSpeedyClient(triton.grpc_url) as client, contextlib.suppress(GenerationCancelled):
+            client.generate_stream(example_image(), "another client's video", cancel=stop_other, num_frames=32,
+                                   height=256, width=256, num_inference_steps=100)
+
+    running = threading.Thread(target=other)
+    running.start()
+    try:
+        wait_until(lambda: in_flight(triton) == 1, 60, "the other client's request to run")
+        fill(page, num_frames=2, height=64, width=64, num_inference_steps=2)
+        page.click("#generate")
+        page.wait_for_function("() => document.querySelector('#status')?.innerText"
+                               ".startsWith('Queued on the server: 1 request ahead')")
+        assert not page.locator("#error-server").is_visible()
+    finally:
+        stop_other.set()
+        running.join(60)
+    page.wait_for_function(DONE)  # its turn came once the other one was cancelled
 
 
 def test_an_invalid_size_is_shown_beside_its_control(page):

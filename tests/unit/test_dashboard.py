@@ -34,6 +34,8 @@ DEVICE_METRICS = {
 }
 OPENSPEEDY_METRICS = {
     "openspeedy_requests_in_flight",
+    "openspeedy_requests_waiting",
+    "openspeedy_queue_wait_seconds_sum",
     "openspeedy_denoising_step_seconds_bucket",
     "openspeedy_denoising_step_seconds_sum",
     "openspeedy_denoising_step_seconds_count",
@@ -44,8 +46,8 @@ OPENSPEEDY_METRICS = {
     "openspeedy_cache_bytes",
 }
 KNOWN = TRITON_METRICS | DEVICE_METRICS | OPENSPEEDY_METRICS
-PROMQL_WORDS = {"sum", "avg", "by", "rate", "histogram_quantile", "clamp_min", "le", "model", "reason", "instance",
-                "cache", "gpu_uuid"}
+PROMQL_WORDS = {"sum", "avg", "by", "or", "rate", "histogram_quantile", "clamp_min", "le", "model", "reason",
+                "instance", "cache", "gpu_uuid"}
 
 
 @pytest.fixture(scope="module")

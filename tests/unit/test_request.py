@@ -187,3 +187,11 @@ def test_crop_growth_is_the_resize_the_crop_makes(monkeypatch):
     center_crop_wide(image, (64, 32))
     (width, height), = resized
     assert width * height / (64 * 32) == pytest.approx(crop_growth(image.size, (64, 32)), rel=0.02)
+
+
+def test_a_waiting_request_keeps_the_file_not_the_pixels_and_decodes_it_again_the_same():
+    request = parse_request(good(), SETTINGS)
+    waiting = request.without_pixels()
+    assert waiting.image is None and waiting.image_bytes == request.image_bytes and waiting.seed == request.seed
+    again = waiting.with_pixels(SETTINGS)
+    assert again.image.tobytes() == request.image.tobytes() and again == request.with_pixels(SETTINGS)
