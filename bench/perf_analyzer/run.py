@@ -442,8 +442,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         "latency, which includes its sub-requests; per-model columns are the average server-side latency of one "
         "call of each composing model (queue + compute): a video calls text_encoder twice with CFG (prompt and "
         "negative prompt) and unet once per step. For `stream` (gRPC streaming, decoupled model), "
-        "perf_analyzer measures latency to the first response (the first PROGRESS), and infer/s counts "
-        "whole requests.",
+        "perf_analyzer measures latency to the first response (the first PROGRESS, or a QUEUE response for a "
+        "request that waits behind others), and infer/s counts whole requests; its entry server ms is only "
+        "the model's execute, which returns once the request is in the model's own line.",
         "",
     ]
     return "\n".join(lines)
