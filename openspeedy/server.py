@@ -42,7 +42,7 @@ FATAL_SIGNAL_LINE = re.compile(rb"^Signal \(([4678]|11)\) received\.")
 UNLOADING_LINE = re.compile(rb'.*"All models are stopped, unloading models"')
 # How long that unloading may take before the launcher ends the server: seconds on CPU and GPU alike.
 UNLOAD_GRACE_S = 5.0
-# Logged by the stream model's line once it has finished its running request at an unload.
+# Logged by the stream model's line at its unload, once it has answered every request it held.
 LINE_CLOSED = re.compile(rb".*" + re.escape(f"{I2VGEN_XL_STREAM.name}: {CLOSED}".encode()))
 
 # Triton's admin protocols, refused without the admin key (docs/security.md says why each one):
@@ -476,19 +476,21 @@ class TritonServer:
         if not self.options.restart_dead_stubs or not (self.options.model_repository / model).is_dir():
             return
         headers = {"Content-Type": "application/json", **self.admin_headers}
-        base = f"http://{self.triton_http_url}/v2/repository"
+
+        def post(path: str):
+            request = urllib.request.Request(f"http://{self.triton_http_url}/v2/repository/{path}", data=b"{}",
+                                             method="POST", headers=headers)
+            return urllib.request.urlopen(request, timeout=10)
+
         try:
-            unload = urllib.request.Request(f"{base}/models/{model}/unload", data=b"{}", method="POST",
-                                            headers=headers)
-            urllib.request.urlopen(unload, timeout=10).close()
+            post(f"models/{model}/unload").close()
         except OSError as error:
             print(f"openspeedy: could not unload {model} before the stop ({error}); stopping at once", flush=True)
             return
         deadline = time.monotonic() + min(timeout, self.options.exit_timeout_s)
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                index = urllib.request.Request(f"{base}/index", data=b"{}", method="POST", headers=headers)
-                with urllib.request.urlopen(index, timeout=10) as response:
+                with post("index") as response:
                     states = {entry["name"]: entry.get("state") for entry in json.loads(response.read())}
             except (OSError, ValueError):
                 return

@@ -89,6 +89,9 @@ class EntryModel:
                 responses.append(self.failure(error))
         return responses
 
+    def log_not_started(self) -> None:
+        pb_utils.Logger.log_info(f"{self.model_name}: request cancelled before it started; not run")
+
     def parse(self, request):
         return parse_request(read_inputs(request, self.contract, as_numpy=True), self.settings, self.contract)
 
@@ -99,7 +102,7 @@ class EntryModel:
         if request.is_cancelled():
             # Cancelled while it waited in the queue: answered now, not after its encoders and first step (a
             # storm of cancelled streams otherwise keeps a stop waiting for each queued one to get that far).
-            pb_utils.Logger.log_info(f"{self.model_name}: request cancelled before it started; not run")
+            self.log_not_started()
             raise GenerationStopped("request cancelled before it started", _code("CANCELLED"))
         generation = generation.with_pixels(self.settings) if generation else self.parse(request)
         wanted = _wanted(request, self.contract)
@@ -215,7 +218,7 @@ class _Waiting:
 
     def refuse(self, message: str, code: str) -> None:
         if code == "CANCELLED":
-            pb_utils.Logger.log_info(f"{self.model.model_name}: request cancelled before it started; not run")
+            self.model.log_not_started()
         self.answer(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, _code(code))))
 
     def run(self, on_step=None) -> None:
